@@ -1,0 +1,3 @@
+"""DreamBooth: personalize text-to-image diffusion models from a few photos."""
+
+__version__ = "0.1.0"
