@@ -1,0 +1,85 @@
+"""`dreambooth` command line: fills a config and calls the library, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import DreamboothError
+from .flags import add_config_flags, job_from_args
+
+
+def cmd_train(ns: argparse.Namespace, unknown: list[str]) -> None:
+    job, notes = job_from_args(ns, unknown)
+    for note in notes:
+        print(note)
+    from ..core.train import train   # heavy imports only once the flags are known to be fine
+    train(job)
+
+
+def cmd_generate(ns: argparse.Namespace, unknown: list[str]) -> None:
+    _no_unknown(unknown)
+    from ..core.generate import generate_grid
+    path = generate_grid(ns.model, ns.prompt, n=ns.n, out=Path(ns.out), seed=ns.seed, steps=ns.steps,
+                         guidance_scale=ns.guidance_scale, resolution=ns.resolution)
+    print(f"wrote {path}")
+
+
+def cmd_tiny_model(ns: argparse.Namespace, unknown: list[str]) -> None:
+    _no_unknown(unknown)
+    from .. import tiny
+    build = {"sd": tiny.build_tiny_sd, "if": tiny.build_tiny_if}[ns.kind]
+    kwargs = {"size": ns.size} if ns.kind == "sd" else {}
+    print(f"wrote a random-weight {ns.kind} pipeline to {build(Path(ns.out), **kwargs)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dreambooth", description="Personalize text-to-image diffusion models "
+                                     "from a few photos (DreamBooth, Ruiz et al. 2023).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune a base model on photos of one subject",
+                           description="Accepts diffusers' train_dreambooth.py flags verbatim (underscores or "
+                                       "hyphens).")
+    add_config_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    gen = sub.add_parser("generate", help="sample images from a (fine-tuned) pipeline folder")
+    gen.add_argument("--model", required=True, help="pipeline folder, e.g. the output of `dreambooth train`")
+    gen.add_argument("--prompt", required=True, action="append",
+                     help="prompt; '<id>' or '[V]' becomes the trained identifier. Repeat for several prompts.")
+    gen.add_argument("-n", "--num-images", dest="n", type=int, default=4, help="images per prompt")
+    gen.add_argument("--out", default="grid.png", help="grid image to write (one row per prompt)")
+    gen.add_argument("--seed", type=int, default=0, help="image i of a prompt uses seed + i")
+    gen.add_argument("--steps", type=int, default=25, help="sampler steps")
+    gen.add_argument("--guidance-scale", "--guidance_scale", type=float, default=7.5, help="classifier-free guidance")
+    gen.add_argument("--resolution", type=int, default=None, help="image size (default: the model's)")
+    gen.set_defaults(func=cmd_generate)
+
+    tiny = sub.add_parser("tiny-model", help="write a small random-weight model of a real architecture "
+                                             "(for trying the tool offline; it generates noise-like images)")
+    tiny.add_argument("--out", required=True)
+    tiny.add_argument("--kind", choices=["sd", "if"], default="sd", help="Stable Diffusion or DeepFloyd IF layout")
+    tiny.add_argument("--size", choices=["tiny", "bench"], default="tiny")
+    tiny.set_defaults(func=cmd_tiny_model)
+    return parser
+
+
+def _no_unknown(unknown: list[str]) -> None:
+    if unknown:
+        raise DreamboothError(f"Unknown option {unknown[0]!r}; see --help.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns, unknown = build_parser().parse_known_args(argv)
+    try:
+        ns.func(ns, unknown)
+    except DreamboothError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished checkpoints and class images are kept; rerun with "
+              "--resume_from_checkpoint latest to continue.", file=sys.stderr)
+        return 130
+    return 0

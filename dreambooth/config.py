@@ -1,0 +1,233 @@
+"""The typed configuration tree: the single source of truth for a training run.
+
+Defaults < config file (YAML) < command-line flags. Every field's `help` drives the CLI, and the
+resolved tree is written beside every output (`dreambooth.yaml`) so a run can be repeated exactly.
+Field names are unique across sections, so each one is also a flat command-line flag that matches
+diffusers' `train_dreambooth.py` spelling (`--instance_data_dir`, `--learning_rate`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import DreamboothError
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, aliases: tuple[str, ...] = (),
+        const: Any = None) -> Any:
+    """A config field with the metadata the CLI needs. `const`: value when the flag is given bare."""
+    meta = {"help": help, "choices": choices, "aliases": aliases, "const": const}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    pretrained_model_name_or_path: str = opt(
+        "", "Base model: a local diffusers pipeline folder (Stable Diffusion 1.x/2.x, DeepFloyd IF stage I, "
+        "or a micro-world model) or a hub id already in the local cache.", aliases=("--model",))
+    revision: str | None = opt(None, "Hub revision of the base model (only with a hub id).")
+    variant: str | None = opt(None, "Weight variant to load, e.g. 'fp16' for diffusion_pytorch_model.fp16.safetensors.")
+    tokenizer_name: str | None = opt(None, "Load the tokenizer from this folder instead of the model's tokenizer/.")
+
+
+@dataclass
+class DataConfig:
+    instance_data_dir: str = opt("", "Folder with the 3-5 photos of the subject.")
+    class_name: str | None = opt(None, "The subject's class noun ('dog'); builds 'a photo of [V] dog' and "
+                                       "'a photo of dog' when the prompts are not given.")
+    identifier: str | None = opt(None, "The rare token [V] bound to the subject. Default: chosen from the "
+                                       "model's own tokenizer (a rare single token, as in the paper §4.2).")
+    instance_prompt: str | None = opt(None, "Prompt for the subject photos. Default: 'a photo of [V] <class_name>'.")
+    resolution: int | None = opt(None, "Training resolution in pixels. Default: the model's native size.")
+    center_crop: bool = opt(False, "Center-crop photos to a square (default: random crop).")
+    random_flip: bool = opt(False, "Also train on horizontally flipped photos (avoid for asymmetric subjects).")
+    random_crop_views: int = opt(4, "With random cropping: how many fixed random crops per photo are encoded "
+                                    "once and cached (so no step re-encodes an image).")
+
+
+@dataclass
+class PriorConfig:
+    with_prior_preservation: bool = opt(False, "Add the class-specific prior-preservation loss (paper Eq. 2).")
+    class_data_dir: str | None = opt(None, "Folder of class images; missing ones are generated into it. Default: "
+                                           "a cache folder keyed by (model, prompt, resolution, sampler).")
+    class_prompt: str | None = opt(None, "Prompt for class images. Default: 'a photo of <class_name>'.")
+    num_class_images: int = opt(100, "How many class images prior preservation uses (generated if fewer exist).")
+    prior_loss_weight: float = opt(1.0, "Weight of the prior-preservation loss.")
+    sample_batch_size: int = opt(4, "Batch size for generating class images.")
+    class_inference_steps: int = opt(25, "Sampler steps per generated class image.")
+    class_guidance_scale: float = opt(7.5, "Classifier-free guidance for generated class images.")
+    prior_generation_precision: str | None = opt(None, "Precision for class-image generation (default: the "
+                                                       "training precision).", choices=(None, "no", "fp32", "fp16", "bf16"))
+
+
+@dataclass
+class OptimConfig:
+    learning_rate: float = opt(5e-6, "Learning rate of the UNet.")
+    text_encoder_lr: float | None = opt(None, "Learning rate of the text encoder (default: learning_rate).")
+    scale_lr: bool = opt(False, "Multiply learning rates by batch size x accumulation x processes.")
+    lr_scheduler: str = opt("constant", "Learning-rate schedule.", choices=(
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"))
+    lr_warmup_steps: int = opt(0, "Warm-up steps of the schedule.")
+    lr_num_cycles: int = opt(1, "Cycles for cosine_with_restarts.")
+    lr_power: float = opt(1.0, "Power of the polynomial schedule.")
+    use_8bit_adam: bool = opt(False, "Use bitsandbytes' 8-bit AdamW (needs a CUDA GPU and bitsandbytes).")
+    adam_beta1: float = opt(0.9, "AdamW beta1.")
+    adam_beta2: float = opt(0.999, "AdamW beta2.")
+    adam_weight_decay: float = opt(1e-2, "AdamW weight decay.")
+    adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables).")
+
+
+@dataclass
+class TrainConfig:
+    max_train_steps: int | None = opt(400, "Optimizer steps to train (overrides num_train_epochs).")
+    num_train_epochs: int = opt(1, "Epochs over the instance photos, used only when max_train_steps is unset.")
+    train_batch_size: int = opt(1, "Instance images per step (the same number of class images is added).")
+    gradient_accumulation_steps: int = opt(1, "Micro-batches accumulated per optimizer step.")
+    seed: int = opt(0, "Seed for identifier choice, class images, noise and validation.")
+    train_text_encoder: bool = opt(False, "Also fine-tune the text encoder (the paper does).")
+    mixed_precision: str = opt("no", "Autocast precision; trainable weights stay fp32.", choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = opt(False, "Trade compute for memory in the UNet (and text encoder).")
+    snr_gamma: float | None = opt(None, "Min-SNR loss weighting gamma (5.0 is usual); off when unset.")
+    offset_noise: float = opt(0.0, "Offset-noise strength; the bare flag means 0.1 as in diffusers.", const=0.1)
+    pre_compute_text_embeddings: bool = opt(False, "Free the frozen text encoder after encoding the prompts. "
+                                                   "(Embeddings are always computed once when it is frozen.)")
+    text_encoder_use_attention_mask: bool | None = opt(None, "Pass the attention mask to the text encoder "
+                                                             "(default: yes for T5, no for CLIP).")
+    tokenizer_max_length: int | None = opt(None, "Token length for prompts (default: the tokenizer's).")
+
+
+@dataclass
+class CheckpointConfig:
+    checkpointing_steps: int = opt(500, "Save a resumable checkpoint every N steps.")
+    checkpoints_total_limit: int | None = opt(None, "Keep at most this many checkpoints (oldest removed).")
+    resume_from_checkpoint: str | None = opt(None, "'latest' or a checkpoint folder to continue from.")
+
+
+@dataclass
+class ValidationConfig:
+    validation_prompt: str | None = opt(None, "Prompt for validation grids ('<id>' becomes the identifier).")
+    num_validation_images: int = opt(4, "Images per validation grid (fixed seeds).")
+    validation_steps: int = opt(100, "Write a validation grid every N steps.")
+    validation_inference_steps: int = opt(25, "Sampler steps for validation images.")
+    validation_guidance_scale: float = opt(7.5, "Classifier-free guidance for validation images.")
+
+
+@dataclass
+class OutputConfig:
+    output_dir: str = opt("dreambooth-model", "Where the fine-tuned pipeline, config and checkpoints go.")
+    logging_dir: str = opt("logs", "TensorBoard folder, relative to output_dir.")
+    report_to: str = opt("tensorboard", "Logger: 'tensorboard' or 'none'.", choices=("tensorboard", "none"))
+
+
+@dataclass
+class TrainJob:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Generic machinery: flat field index, setting values with type checks, YAML round trip.
+
+def sections(job: Any) -> list[tuple[str, Any]]:
+    return [(f.name, getattr(job, f.name)) for f in dataclasses.fields(job)]
+
+
+def leaf_fields(cls: type = TrainJob) -> dict[str, tuple[str, dataclasses.Field, Any]]:
+    """Flat index: field name -> (section name, field, resolved type)."""
+    index = {}
+    for sec in dataclasses.fields(cls):
+        sec_cls = sec.default_factory  # type: ignore[misc]
+        hints = typing.get_type_hints(sec_cls)
+        for f in dataclasses.fields(sec_cls):
+            assert f.name not in index, f"duplicate config field {f.name}"
+            index[f.name] = (sec.name, f, hints[f.name])
+    return index
+
+
+def base_type(tp: Any) -> tuple[type, bool]:
+    """(scalar type, allows None) for annotations like `int | None`."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        return non_none[0], len(non_none) < len(args)
+    return tp, False
+
+
+def coerce(name: str, value: Any, tp: Any, where: str) -> Any:
+    scalar, nullable = base_type(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and nullable):
+        if nullable:
+            return None
+        raise DreamboothError(f"{where}: '{name}' cannot be empty; give it a {scalar.__name__} value.")
+    try:
+        if scalar is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "yes", "1")
+            return bool(value)
+        if scalar is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return scalar(value)
+    except (TypeError, ValueError):
+        raise DreamboothError(f"{where}: '{name}' must be a {scalar.__name__}, got {value!r}.") from None
+
+
+def set_field(job: TrainJob, name: str, value: Any, where: str) -> None:
+    index = leaf_fields()
+    if name not in index:
+        close = difflib.get_close_matches(name, index, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise DreamboothError(f"{where}: unknown setting '{name}'.{hint} "
+                              "Run `dreambooth train --help` for the full list.")
+    section, f, tp = index[name]
+    value = coerce(name, value, tp, where)
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise DreamboothError(f"{where}: '{name}' must be one of {[c for c in choices if c]}, got {value!r}.")
+    setattr(getattr(job, section), name, value)
+
+
+def to_dict(job: TrainJob) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(job)
+
+
+def save_yaml(job: TrainJob, path: Path) -> None:
+    path.write_text("# Resolved dreambooth configuration; rerun with `dreambooth train --config THIS_FILE`.\n"
+                    + yaml.safe_dump(to_dict(job), sort_keys=False))
+
+
+def load_yaml(path: Path, job: TrainJob | None = None) -> TrainJob:
+    """Fill `job` (or defaults) from a YAML file: nested by section, or flat like the CLI flags."""
+    job = job or TrainJob()
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise DreamboothError(f"Config file {path} does not exist; check the path given to --config.") from None
+    except yaml.YAMLError as e:
+        raise DreamboothError(f"Config file {path} is not valid YAML ({e}). Fix the file or drop --config.") from None
+    if not isinstance(raw, dict):
+        raise DreamboothError(f"Config file {path} must hold a mapping of settings, not a {type(raw).__name__}.")
+    section_names = {f.name for f in dataclasses.fields(TrainJob)}
+    for key, value in raw.items():
+        if key in section_names and isinstance(value, dict):
+            for name, v in value.items():
+                set_field(job, name.replace("-", "_"), v, f"Config file {path}")
+        else:
+            set_field(job, str(key).replace("-", "_"), value, f"Config file {path}")
+    return job

@@ -1,0 +1,98 @@
+"""Resumable checkpoints: weights, optimizer and schedule state, all in safetensors/JSON.
+
+No pickles: a checkpoint folder is user data and may come from anywhere. The data order, noise
+and timesteps of step k are a pure function of (seed, k) (see batches.py), so the step number is
+all the randomness state a resume needs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import DreamboothError
+
+PREFIX = "checkpoint-"
+
+
+def save_checkpoint(output_dir: Path, step: int, modules: dict[str, torch.nn.Module],
+                    optimizer: torch.optim.Optimizer, lr_scheduler, limit: int | None) -> Path:
+    final = output_dir / f"{PREFIX}{step}"
+    tmp = output_dir / f".tmp-{PREFIX}{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, module in modules.items():
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors")
+    tensors, meta = _flatten_optimizer(optimizer.state_dict())
+    save_file(tensors, tmp / "optimizer.safetensors", metadata={"layout": json.dumps(meta)})
+    (tmp / "state.json").write_text(json.dumps({"step": step, "lr_scheduler": lr_scheduler.state_dict()}, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)  # atomic: a checkpoint folder is either complete or absent
+    rotate(output_dir, limit)
+    return final
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in Path(output_dir).glob(f"{PREFIX}*") if re.fullmatch(rf"{PREFIX}\d+", p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def rotate(output_dir: Path, limit: int | None) -> None:
+    if limit:
+        for old in list_checkpoints(output_dir)[:-limit]:
+            shutil.rmtree(old)
+
+
+def find_checkpoint(output_dir: Path, spec: str) -> Path | None:
+    """'latest' -> newest checkpoint in output_dir (or None); otherwise a folder that must exist."""
+    if spec == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(spec) if Path(spec).is_absolute() or Path(spec).exists() else Path(output_dir) / spec
+    if not (path / "state.json").exists():
+        raise DreamboothError(f"--resume_from_checkpoint {spec}: {path} is not a checkpoint folder (no state.json). "
+                              f"Use 'latest' or one of {[p.name for p in list_checkpoints(output_dir)] or 'none yet'}.")
+    return path
+
+
+def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                    lr_scheduler) -> int:
+    """Restore everything saved by save_checkpoint; returns the step to continue from."""
+    for name, module in modules.items():
+        file = folder / f"{name}.safetensors"
+        if not file.exists():
+            raise DreamboothError(f"Checkpoint {folder} has no {file.name}, but this run trains '{name}'. "
+                                  "Resume with the same --train_text_encoder setting the checkpoint was made with.")
+        module.load_state_dict(load_file(file))
+    opt_file = folder / "optimizer.safetensors"
+    from safetensors import safe_open
+    with safe_open(opt_file, "pt") as f:
+        meta = json.loads(f.metadata()["layout"])
+    optimizer.load_state_dict(_unflatten_optimizer(load_file(opt_file), meta))
+    state = json.loads((folder / "state.json").read_text())
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    return int(state["step"])
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for idx, per_param in sd["state"].items():
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for flat, value in [*tensors.items(), *meta["scalars"].items()]:
+        idx, key = flat.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}

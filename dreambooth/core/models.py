@@ -1,0 +1,180 @@
+"""Load a base pipeline and decide, once, how the loop talks to it.
+
+Everything goes through diffusers' own `DiffusionPipeline.from_pretrained`, so a user's folder is
+read exactly as diffusers reads it. The differences between model families are settled here, at
+setup, as small callables (`encode_images`, `predict`, `encode_text`): latent models with a VAE vs
+pixel-space models, learned-variance UNets (DeepFloyd IF) vs plain ones, T5 vs CLIP text towers.
+The training loop then never asks which kind of model it has.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline
+
+from ..config import ModelConfig
+from ..errors import DreamboothError
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Model:
+    pipe: DiffusionPipeline          # holds the very modules we train: sampling sees current weights
+    source: str                      # folder or hub id it came from
+    noise_scheduler: DDPMScheduler   # the training noise schedule (DDPM form of the model's own)
+    resolution: int                  # native image size in pixels
+    latent: bool                     # VAE latent model (SD) vs pixel-space (IF, micro world)
+    encode_images: Callable[[Tensor], Tensor]       # (B,3,H,W) in [-1,1] -> x0 (B,C,h,w)
+    predict: Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, t, text) -> model target estimate
+    use_attention_mask: bool         # T5 needs the padding mask; CLIP was trained without one
+    learned_variance: bool           # UNet predicts [target, variance] (DeepFloyd IF)
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def text_encoder(self):
+        return self.pipe.text_encoder
+
+    @property
+    def tokenizer(self):
+        return self.pipe.tokenizer
+
+    @property
+    def vae(self):
+        return getattr(self.pipe, "vae", None)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    def sample_kwargs(self) -> dict:
+        """Arguments every pipeline call needs for this family (IF cleans captions with extra
+        packages unless told not to)."""
+        params = inspect.signature(self.pipe.__call__).parameters
+        kwargs = {"height": self.resolution, "width": self.resolution}
+        if "clean_caption" in params:
+            kwargs["clean_caption"] = False
+        return kwargs
+
+
+def load_model(cfg: ModelConfig, resolution: int | None = None) -> Model:
+    pipe = load_pipeline(cfg)
+    for name in ("unet", "text_encoder", "tokenizer", "scheduler"):
+        if getattr(pipe, name, None) is None:
+            raise DreamboothError(f"The model at {cfg.pretrained_model_name_or_path} has no '{name}' component; "
+                                  "DreamBooth needs a text-conditioned UNet pipeline (Stable Diffusion, "
+                                  "DeepFloyd IF stage I, or a micro-world model).")
+    vae = getattr(pipe, "vae", None)
+    unet = pipe.unet
+    native = unet.config.sample_size * (pipe.vae_scale_factor if vae is not None else 1)
+    te_type = getattr(pipe.text_encoder.config, "model_type", "")
+    return Model(
+        pipe=pipe,
+        source=cfg.pretrained_model_name_or_path,
+        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+        resolution=resolution or int(native),
+        latent=vae is not None,
+        encode_images=_vae_encoder(vae) if vae is not None else _pixels,
+        predict=make_predictor(unet, learned_variance=unet.config.out_channels == 2 * unet.config.in_channels),
+        use_attention_mask=te_type == "t5",
+        learned_variance=unet.config.out_channels == 2 * unet.config.in_channels,
+    )
+
+
+def load_pipeline(cfg: ModelConfig) -> DiffusionPipeline:
+    src = cfg.pretrained_model_name_or_path
+    if not src:
+        raise DreamboothError("No base model given. Pass --model PATH (a diffusers pipeline folder), e.g. one made "
+                              "by `dreambooth tiny-model --out tiny-sd`.")
+    path = Path(src).expanduser()
+    if path.exists():
+        if path.is_file():
+            raise DreamboothError(f"{path} is a single file; dreambooth reads diffusers pipeline folders "
+                                  "(model_index.json, unet/, text_encoder/, ...). Convert it once with diffusers' "
+                                  "`StableDiffusionPipeline.from_single_file(...).save_pretrained(FOLDER)` on a "
+                                  "machine with its configs, then pass --model FOLDER.")
+        if not (path / "model_index.json").exists():
+            raise DreamboothError(f"{path} is not a diffusers pipeline folder: it has no model_index.json. "
+                                  "Point --model at the folder that contains model_index.json.")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else src, revision=cfg.revision,
+                                                 variant=cfg.variant, torch_dtype=torch.float32)
+    except OSError as e:
+        where = "folder" if path.exists() else "hub id"
+        raise DreamboothError(
+            f"Could not load the base model {src!r} ({where}): {str(e).splitlines()[0][:300]} "
+            "No model hub is reachable from here, so a hub id only works if it is already in the local cache. "
+            "Download the model on a connected machine (`huggingface-cli download ID --local-dir FOLDER`), copy "
+            "the folder here and pass --model FOLDER.") from None
+    if cfg.tokenizer_name:
+        pipe.tokenizer = _load_tokenizer(cfg.tokenizer_name)
+    return pipe
+
+
+def _load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except OSError as e:
+        raise DreamboothError(f"Could not load the tokenizer {name!r} given by --tokenizer_name: "
+                              f"{str(e).splitlines()[0][:200]} Pass a local tokenizer folder.") from None
+
+
+def _pixels(images: Tensor) -> Tensor:
+    return images
+
+
+def _vae_encoder(vae) -> Callable[[Tensor], Tensor]:
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    scale = vae.config.scaling_factor
+
+    @torch.no_grad()
+    def encode(images: Tensor) -> Tensor:
+        # The posterior mean, not a sample: latents are cached once per view, so a random draw
+        # would freeze one arbitrary sample forever; the mean is the faithful fixed encoding.
+        latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
+        return ((latents - shift) * scale).float()
+    return encode
+
+
+def make_predictor(unet, learned_variance: bool) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """`unet` may be a DDP wrapper (no .config), hence the flag is passed in.
+    Learned-variance UNets (IF) output [prediction, variance] along channels; the loss uses the first half."""
+
+    def predict(x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        out = unet(x_t, t, encoder_hidden_states=text, return_dict=False)[0]
+        return out[:, : x_t.shape[1]] if learned_variance else out
+    return predict
+
+
+def tokenize(tokenizer, prompts: list[str], max_length: int | None = None) -> tuple[Tensor, Tensor]:
+    """-> input_ids (B, L), attention_mask (B, L), padded to the tokenizer's model length."""
+    enc = tokenizer(prompts, padding="max_length", truncation=True,
+                    max_length=max_length or tokenizer.model_max_length, return_tensors="pt")
+    return enc.input_ids, enc.attention_mask
+
+
+def encode_text(text_encoder, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """(B, L) token ids -> (B, L, D) hidden states, as the pipelines condition the UNet."""
+    device = next(text_encoder.parameters()).device  # also works on a DDP wrapper
+    return text_encoder(input_ids.to(device), attention_mask=None if attention_mask is None
+                        else attention_mask.to(device), return_dict=False)[0]
+
+
+def parameter_report(modules: dict[str, torch.nn.Module]) -> dict[str, tuple[int, int]]:
+    """name -> (trainable parameters, all parameters)."""
+    return {name: (sum(p.numel() for p in m.parameters() if p.requires_grad), sum(p.numel() for p in m.parameters()))
+            for name, m in modules.items()}
+
+
+def read_model_index(folder: Path) -> dict:
+    return json.loads((Path(folder) / "model_index.json").read_text())

@@ -1,0 +1,71 @@
+"""The training plan: what will happen, printed before step 1 and saved beside the outputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Plan:
+    model: str
+    model_kind: str
+    resolution: int
+    device: str
+    precision: str
+    identifier: str
+    instance_prompt: str
+    class_prompt: str | None
+    instance_photos: int
+    instance_views: int
+    skipped: list[str]
+    prior_preservation: str
+    class_views: int
+    steps: int
+    effective_batch: int
+    views_seen_per_photo: float
+    trainable: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, job, *, model, device, n_photos, n_views, skipped, class_job, n_class_views, params, max_steps,
+              num_processes, identifier, instance_prompt, class_prompt) -> "Plan":
+        t = job.train
+        eff = t.train_batch_size * t.gradient_accumulation_steps * num_processes
+        lrs = {"unet": job.optim.learning_rate,
+               "text_encoder": job.optim.text_encoder_lr or job.optim.learning_rate}
+        prior = "OFF"
+        if class_job is not None:
+            prior = (f"ON: {class_job.wanted} class images ({class_job.found} found, {class_job.missing} generated) "
+                     f"in {class_job.folder}, weight {job.prior.prior_loss_weight}")
+        return cls(
+            model=str(model.source), model_kind="latent (VAE)" if model.latent else "pixel-space",
+            resolution=model.resolution, device=device, precision=t.mixed_precision, identifier=identifier,
+            instance_prompt=instance_prompt, class_prompt=class_prompt, instance_photos=n_photos,
+            instance_views=n_views, skipped=[f"{p.name} ({why})" for p, why in skipped], prior_preservation=prior,
+            class_views=n_class_views, steps=max_steps, effective_batch=eff,
+            views_seen_per_photo=round(max_steps * eff / max(n_photos, 1), 1),
+            trainable={n: {"trainable_params": tr, "total_params": tot, "lr": lrs[n]} for n, (tr, tot) in params.items()})
+
+    def render(self) -> str:
+        lines = [
+            f"model        {self.model} ({self.model_kind}, {self.resolution}px) on {self.device}, precision {self.precision}",
+            f"identifier   {self.identifier!r}",
+            f"instance     {self.instance_photos} photos x {self.instance_views // max(self.instance_photos, 1)} "
+            f"cached views, prompt {self.instance_prompt!r}",
+        ]
+        if self.skipped:
+            lines.append(f"skipped      {', '.join(self.skipped)}")
+        lines += [
+            f"prior        preservation {self.prior_preservation}"
+            + (f", prompt {self.class_prompt!r}" if self.class_prompt else ""),
+            f"schedule     {self.steps} steps x effective batch {self.effective_batch} "
+            f"(+ as many class images); each photo seen ~{self.views_seen_per_photo} times",
+        ]
+        for name, p in self.trainable.items():
+            lines.append(f"train        {name}: {p['trainable_params']:,} of {p['total_params']:,} parameters, "
+                         f"lr {p['lr']:g}")
+        return "\n".join(lines)
+
+    def save(self, folder: Path) -> None:
+        (folder / "plan.json").write_text(json.dumps(asdict(self), indent=1))

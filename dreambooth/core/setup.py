@@ -1,0 +1,235 @@
+"""Everything a run decides before step 1, in the order a user would check it.
+
+Cheap checks first (paths, photos, flags), then the model, then the expensive one-time work
+(class images, encoding views and prompts). The result is a `Run`: plain tensors and callables,
+so the training loop has no decisions left to make.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+
+from ..config import TrainJob
+from ..data.batches import BatchPlan, encode_views, make_views
+from ..data.class_images import generate_class_images, plan_class_images
+from ..data.intake import check_output_dir, read_image_folder
+from ..errors import DreamboothError
+from . import identifier as ident
+from .models import Model, encode_text, load_model, make_predictor, parameter_report, tokenize
+from .plan import Plan
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Run:
+    job: TrainJob
+    accelerator: Accelerator
+    model: Model
+    output_dir: Path
+    identifier: str
+    instance_prompt: str
+    class_prompt: str | None
+    instance_x0: Tensor                   # (N_views, C, h, w) encoded instance views, on device
+    class_x0: Tensor                      # (M_views, C, h, w) encoded class views (M may be 0)
+    batches: BatchPlan
+    text: Callable[[int, int], Tensor]    # (n_instance, n_class) -> (B, L, D) conditioning
+    trainable: dict[str, torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    start_step: int
+    max_steps: int
+    plan: Plan
+
+
+def make_accelerator(job: TrainJob, output_dir: Path) -> Accelerator:
+    try:
+        return Accelerator(mixed_precision=job.train.mixed_precision,
+                           log_with=None if job.output.report_to == "none" else job.output.report_to,
+                           project_dir=str(output_dir / job.output.logging_dir))
+    except ValueError as e:
+        raise DreamboothError(f"--mixed_precision {job.train.mixed_precision} is not available here ({e}). "
+                              "Use --mixed_precision bf16 (CPUs and recent GPUs) or no.") from None
+
+
+def resolve_prompts(job: TrainJob, tokenizer) -> tuple[str, str, str | None, list[str]]:
+    """-> (identifier, instance prompt, class prompt or None, warnings)."""
+    d, p = job.data, job.prior
+    warnings: list[str] = []
+    if d.instance_prompt:
+        warnings += ident.check_instance_prompt(tokenizer, d.instance_prompt, d.class_name, d.identifier)
+        identifier = d.identifier or ident.find_identifier(d.instance_prompt, d.class_name) or ""
+        instance_prompt = d.instance_prompt
+    elif d.class_name:
+        identifier = d.identifier or ident.choose_identifier(tokenizer, job.train.seed)
+        if d.identifier:
+            warnings += ident.check_instance_prompt(tokenizer, d.identifier, None, d.identifier)
+        instance_prompt = ident.default_prompts(identifier, d.class_name)[0]
+    else:
+        raise DreamboothError("Say what the subject is: pass --class-name dog (the prompt 'a photo of [V] dog' is "
+                              "then built with a rare identifier), or give --instance_prompt yourself.")
+    class_prompt = p.class_prompt or (ident.default_prompts(identifier, d.class_name)[1] if d.class_name else None)
+    if p.with_prior_preservation and not class_prompt:
+        raise DreamboothError("Prior preservation needs a class prompt: pass --class_prompt 'a photo of dog' "
+                              "or --class-name dog.")
+    return identifier, instance_prompt, class_prompt, warnings
+
+
+def setup_run(job: TrainJob) -> Run:
+    d, p, o, t = job.data, job.prior, job.optim, job.train
+    output_dir = Path(job.output.output_dir)
+    if not d.instance_data_dir:
+        raise DreamboothError("No photos given: pass --instance_data_dir FOLDER with 3-5 photos of the subject.")
+    check_output_dir(output_dir, [Path(d.instance_data_dir)] + ([Path(p.class_data_dir)] if p.class_data_dir else []))
+    photos = read_image_folder(Path(d.instance_data_dir), role="instance")
+    lrs = {"unet": o.learning_rate}
+    if t.train_text_encoder:
+        lrs["text_encoder"] = o.text_encoder_lr if o.text_encoder_lr is not None else o.learning_rate
+        if t.pre_compute_text_embeddings:
+            raise DreamboothError("--pre_compute_text_embeddings freezes the text encoder's output, so it cannot be "
+                                  "combined with --train_text_encoder. Drop one of the two.")
+    for name, lr in lrs.items():
+        if lr <= 0:
+            raise DreamboothError(f"The {name} is set to train with learning rate {lr}; give it a positive rate "
+                                  f"or do not train it.")
+    if o.use_8bit_adam:
+        _check_bitsandbytes()
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(job, output_dir)
+    model = load_model(job.model, d.resolution)
+    identifier, instance_prompt, class_prompt, warnings = resolve_prompts(job, model.tokenizer)
+    for w in warnings:
+        accelerator.print(f"warning: {w}")
+    device = accelerator.device
+    model.pipe.to(device)
+
+    # Trainable parts: everything frozen, then the UNet (and text encoder) opened up.
+    for module in model.pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    trainable = {"unet": model.unet}
+    if t.train_text_encoder:
+        trainable["text_encoder"] = model.text_encoder
+    for module in trainable.values():
+        module.requires_grad_(True).train()
+        if t.gradient_checkpointing:
+            module.enable_gradient_checkpointing() if hasattr(module, "enable_gradient_checkpointing") \
+                else module.gradient_checkpointing_enable()
+    params = parameter_report(trainable)
+    for name, (n_train, _) in params.items():
+        if n_train == 0:
+            raise DreamboothError(f"The {name} was asked to train but has 0 trainable parameters.")
+    # Forward passes go through accelerate's wrappers (DDP under several processes) so gradients sync.
+    trainable = {name: accelerator.prepare_model(m) for name, m in trainable.items()}
+    model.predict = make_predictor(trainable["unet"], model.learned_variance)
+
+    # Class images (main process generates; the others wait and read them).
+    sampler = f"{type(model.pipe.scheduler).__name__}/{p.class_inference_steps}steps/cfg{p.class_guidance_scale}"
+    class_job = None
+    if p.with_prior_preservation:
+        class_job = plan_class_images(model.source, class_prompt, p.class_data_dir, p.num_class_images,
+                                      model.resolution, sampler)
+        accelerator.print(f"prior preservation ON: {class_job.found} found, {class_job.missing} to generate "
+                          f"in {class_job.folder}")
+        if class_job.missing and accelerator.is_main_process:
+            with accelerator.autocast():
+                generate_class_images(class_job, model.pipe, seed=t.seed, steps=p.class_inference_steps,
+                                      guidance_scale=p.class_guidance_scale, batch_size=p.sample_batch_size,
+                                      sampler=sampler, **model.sample_kwargs())
+        accelerator.wait_for_everyone()
+    else:
+        accelerator.print("prior preservation OFF")
+
+    # Encode every view once; steps only index into these tensors.
+    views, _ = make_views([ph.image for ph in photos.photos], model.resolution, center_crop=d.center_crop,
+                          random_flip=d.random_flip, random_views=d.random_crop_views, seed=t.seed)
+    instance_x0 = encode_views(views, model.encode_images).to(device)
+    class_x0 = instance_x0[:0]
+    if class_job is not None:
+        class_photos = read_image_folder(class_job.folder, role="class").photos[: p.num_class_images]
+        cviews, _ = make_views([ph.image for ph in class_photos], model.resolution, center_crop=True,
+                               random_flip=d.random_flip, random_views=1, seed=t.seed)
+        class_x0 = encode_views(cviews, model.encode_images).to(device)
+    text = _text_conditioning(model, trainable.get("text_encoder", model.text_encoder), instance_prompt,
+                              class_prompt if class_job else None, t)
+
+    # Optimizer and schedule.
+    scale = t.train_batch_size * t.gradient_accumulation_steps * accelerator.num_processes if o.scale_lr else 1
+    groups = [{"params": [q for q in m.parameters() if q.requires_grad], "lr": lrs[n] * scale}
+              for n, m in trainable.items()]
+    optimizer_cls = _adamw_class(o.use_8bit_adam)
+    optimizer = optimizer_cls(groups, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.adam_weight_decay,
+                              eps=o.adam_epsilon)
+    max_steps = t.max_train_steps or -(-t.num_train_epochs * len(views) // (t.train_batch_size *
+                                                                            t.gradient_accumulation_steps))
+    lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps,
+                                 num_training_steps=max_steps, num_cycles=o.lr_num_cycles, power=o.lr_power)
+    optimizer = accelerator.prepare_optimizer(optimizer)
+
+    plan = Plan.build(job, model=model, device=str(device), n_photos=len(photos.photos), n_views=len(views),
+                      skipped=photos.skipped, class_job=class_job, n_class_views=len(class_x0), params=params,
+                      max_steps=max_steps, num_processes=accelerator.num_processes, identifier=identifier,
+                      instance_prompt=instance_prompt, class_prompt=class_prompt if class_job else None)
+    return Run(job=job, accelerator=accelerator, model=model, output_dir=output_dir, identifier=identifier,
+               instance_prompt=instance_prompt, class_prompt=class_prompt, instance_x0=instance_x0,
+               class_x0=class_x0, batches=BatchPlan(len(instance_x0), len(class_x0), t.train_batch_size, t.seed),
+               text=text, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler, start_step=0,
+               max_steps=max_steps, plan=plan)
+
+
+def _text_conditioning(model: Model, te, instance_prompt: str, class_prompt: str | None, t) -> Callable:
+    """A frozen text encoder is run once on the two prompts; a trained one runs every step on
+    token ids tokenized once."""
+    prompts = [instance_prompt] + ([class_prompt] if class_prompt else [])
+    ids, mask = tokenize(model.tokenizer, prompts, t.tokenizer_max_length)
+    use_mask = t.text_encoder_use_attention_mask if t.text_encoder_use_attention_mask is not None \
+        else model.use_attention_mask
+    mask = mask if use_mask else None
+
+    def pick(table: Tensor, n_inst: int, n_class: int) -> Tensor:
+        index = torch.tensor([0] * n_inst + [1] * n_class, device=table.device)
+        return table[index]
+
+    if t.train_text_encoder:
+        return lambda n_inst, n_class: encode_text(te, pick(ids, n_inst, n_class),
+                                                   None if mask is None else pick(mask, n_inst, n_class))
+    with torch.no_grad():
+        table = encode_text(te, ids, mask).detach()   # (2, L, D)
+    if t.pre_compute_text_embeddings:
+        te.to("cpu")   # frees accelerator memory; it is still saved with the pipeline at the end
+    return lambda n_inst, n_class: pick(table, n_inst, n_class)
+
+
+def _adamw_class(eight_bit: bool):
+    if not eight_bit:
+        return torch.optim.AdamW
+    import bitsandbytes as bnb
+    return bnb.optim.AdamW8bit
+
+
+def _check_bitsandbytes() -> None:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise DreamboothError("--use_8bit_adam needs the bitsandbytes package (`pip install bitsandbytes`) and a "
+                              "CUDA GPU. Install it, or drop the flag to use standard AdamW.") from None
+    if not torch.cuda.is_available():
+        raise DreamboothError("--use_8bit_adam needs a CUDA GPU; none is visible. Drop the flag on this machine.")
+
+
+def write_run_files(run: Run) -> None:
+    """The resolved config, the identifier and the plan, beside the outputs."""
+    from ..config import save_yaml
+    save_yaml(run.job, run.output_dir / "dreambooth.yaml")
+    (run.output_dir / "identifier.json").write_text(json.dumps(
+        {"identifier": run.identifier, "class_name": run.job.data.class_name,
+         "instance_prompt": run.instance_prompt, "class_prompt": run.class_prompt}, indent=1))
+    run.plan.save(run.output_dir)

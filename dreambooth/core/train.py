@@ -1,0 +1,155 @@
+"""The DreamBooth training loop: setup -> for each step: batch, loss, backward, step, log,
+checkpoint, validate -> export a diffusers pipeline folder.
+
+All decisions (model family, precision, text encoder trained or cached, prior on/off) were made
+in setup.py; here a step is the same few calls for every configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TrainJob
+from ..errors import DreamboothError
+from . import checkpoint as ckpt
+from .identifier import fill_identifier
+from .losses import LossParts, add_noise, dreambooth_loss, min_snr_weights, noise_target, per_sample_mse, sample_noise
+from .sample import generate, make_grid
+from .setup import Run, setup_run, write_run_files
+from ..data.batches import step_generator
+
+
+def train(job: TrainJob) -> Path:
+    """Run a whole DreamBooth job; returns the output folder."""
+    run = setup_run(job)
+    acc = run.accelerator
+    if job.checkpoint.resume_from_checkpoint:
+        resume(run)
+    if acc.is_main_process:
+        write_run_files(run)
+    acc.print(run.plan.render())
+    if run.start_step >= run.max_steps:
+        acc.print(f"Nothing left to train: the checkpoint is at step {run.start_step} and max_train_steps is "
+                  f"{run.max_steps}. Raise --max_train_steps to train further.")
+    else:
+        acc.init_trackers("dreambooth")
+        loop(run)
+        acc.end_training()
+    if acc.is_main_process:
+        export(run)
+    return run.output_dir
+
+
+def resume(run: Run) -> None:
+    spec = run.job.checkpoint.resume_from_checkpoint
+    folder = ckpt.find_checkpoint(run.output_dir, spec)
+    if folder is None:
+        run.accelerator.print(f"No checkpoint in {run.output_dir} yet; starting from step 0.")
+        return
+    run.start_step = ckpt.load_checkpoint(folder, {n: run.accelerator.unwrap_model(m) for n, m in
+                                                   run.trainable.items()}, run.optimizer, run.lr_scheduler)
+    run.accelerator.print(f"Resumed from {folder} at step {run.start_step}.")
+
+
+def compute_loss(run: Run, micro_step: int) -> LossParts:
+    """One micro-batch: [instance views ; class views] in a single forward pass (paper Eq. 2)."""
+    inst, cls = run.batches.indices(micro_step)
+    x0 = torch.cat([run.instance_x0[inst], run.class_x0[cls]])               # (B, C, h, w)
+    is_prior = torch.tensor([False] * len(inst) + [True] * len(cls), device=x0.device)
+    cond = run.text(len(inst), len(cls))                                       # (B, L, D)
+    sched = run.model.noise_scheduler
+    alphas = sched.alphas_cumprod.to(x0.device)
+    gen = step_generator(run.job.train.seed, micro_step, run.accelerator.process_index)
+    noise = sample_noise(x0.shape, gen, offset=run.job.train.offset_noise).to(x0.device)
+    t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
+    pred = run.model.predict(add_noise(x0, noise, t, alphas), t, cond)
+    target = noise_target(run.model.prediction_type, x0, noise, t, alphas)
+    gamma = run.job.train.snr_gamma
+    weights = min_snr_weights(t, alphas, gamma, run.model.prediction_type) if gamma else None
+    return dreambooth_loss(per_sample_mse(pred, target), is_prior, run.job.prior.prior_loss_weight, weights)
+
+
+def loop(run: Run) -> None:
+    acc, t, job = run.accelerator, run.job.train, run.job
+    accum = t.gradient_accumulation_steps
+    params = [q for m in run.trainable.values() for q in m.parameters() if q.requires_grad]
+    bar = tqdm(range(run.start_step, run.max_steps), initial=run.start_step, total=run.max_steps,
+               desc="train", unit="step", disable=not acc.is_local_main_process)
+    for step in bar:
+        for micro in range(accum):
+            # Gradients are all-reduced only on the last micro-batch of a step.
+            sync = contextlib.nullcontext() if micro == accum - 1 else _no_sync(acc, run.trainable.values())
+            with sync, acc.autocast():
+                parts = compute_loss(run, step * accum + micro)
+            acc.backward(parts.total / accum)
+        if job.optim.max_grad_norm > 0:
+            acc.clip_grad_norm_(params, job.optim.max_grad_norm)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        loss = parts.total.item()
+        if not math.isfinite(loss):
+            raise DreamboothError(f"The loss became {loss} at step {done}. Lower --learning_rate, or use "
+                                  "--mixed_precision bf16 instead of fp16; checkpoints before this step are intact.")
+        logs = {"loss": loss, "loss_instance": parts.instance.item(), "lr": run.lr_scheduler.get_last_lr()[0]}
+        if parts.prior is not None:
+            logs["loss_prior"] = parts.prior.item()
+        acc.log(logs, step=done)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2g}")
+        if done % job.checkpoint.checkpointing_steps == 0 or done == run.max_steps:
+            if acc.is_main_process:
+                ckpt.save_checkpoint(run.output_dir, done, {n: acc.unwrap_model(m) for n, m in run.trainable.items()},
+                                     run.optimizer, run.lr_scheduler, job.checkpoint.checkpoints_total_limit)
+        if job.validation.validation_prompt and (done % job.validation.validation_steps == 0 or done == run.max_steps):
+            if acc.is_main_process:
+                validate(run, done)
+
+
+def _no_sync(acc, modules):
+    stack = contextlib.ExitStack()
+    for m in modules:
+        stack.enter_context(acc.no_sync(m))
+    return stack
+
+
+def validate(run: Run, step: int) -> Path:
+    """A grid of `num_validation_images` for the validation prompt, same seeds every time."""
+    v = run.job.validation
+    prompt = fill_identifier(v.validation_prompt, run.identifier)
+    seeds = [run.job.train.seed + i for i in range(v.num_validation_images)]
+    for m in run.trainable.values():
+        m.eval()
+    with run.accelerator.autocast():
+        images = [im for _, im in generate(run.model.pipe, [prompt] * len(seeds), seeds,
+                                           steps=v.validation_inference_steps, guidance_scale=v.validation_guidance_scale,
+                                           batch_size=len(seeds), **run.model.sample_kwargs())]
+    for m in run.trainable.values():
+        m.train()
+    folder = run.output_dir / "validation"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"step-{step:06d}.png"
+    grid = make_grid(images)
+    grid.save(path)
+    for tracker in run.accelerator.trackers:
+        if tracker.name == "tensorboard":
+            import numpy as np
+            tracker.writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
+    return path
+
+
+def export(run: Run) -> Path:
+    """Save the fine-tuned pipeline as a diffusers folder (safetensors only)."""
+    for m in run.trainable.values():
+        m.eval()
+    run.model.pipe.save_pretrained(run.output_dir, safe_serialization=True)
+    run.accelerator.print(f"Saved the fine-tuned pipeline to {run.output_dir} "
+                          f"(identifier {run.identifier!r}: try the prompt "
+                          f"{fill_identifier('a photo of <id>', run.identifier)!r}...)")
+    return run.output_dir

@@ -1,0 +1,260 @@
+"""Small random-weight models of the real SD-1.x and DeepFloyd IF architectures.
+
+Everything is built offline (no hub access) and saved as ordinary diffusers pipeline
+folders in safetensors, so tests, benchmarks and the demo exercise the same loading
+and inference code paths as real checkpoints, just on tiny tensors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# -- vocabulary corpus ----------------------------------------------------------------------
+
+_FUNCTION_WORDS = (
+    "a an the of on in with at by and or to for from under over near next behind front top "
+    "photo picture image painting drawing sketch rendering close up view high quality style "
+    "is are this that its his her their my our your one two three some many small large big "
+    "little old new wet dirty shiny cute happy sitting standing lying floating wearing made"
+).split()
+# DreamBench (Ruiz et al. 2023) subject classes plus a few common prior-preservation classes.
+_CLASS_WORDS = (
+    "dog cat backpack teapot toy ball box star bowl boot can candle clock glasses sneaker "
+    "shoe vase bear teddy duck robot monster cartoon plushie person man woman child car house "
+    "chair table cup bag hat bird flower tree sunglasses dice figure berry"
+).split()
+_CONTEXT_WORDS = (
+    "beach snow jungle city forest water mountain desert street room kitchen bed floor grass "
+    "rock sand road garden river lake sky sea ocean field park bridge night sunset rain wall "
+    "moon space tower bucket basket wheat cobblestone bath oil"
+).split()
+_COLORS = "red blue green yellow orange purple pink black white gray brown golden silver".split()
+
+_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+_N_RARE = 150
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP/GPT-2 byte -> printable unicode char table (same order as OpenAI's simple_tokenizer)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def _rare_words(common: set[str]) -> list[str]:
+    """~150 made-up 2-3 letter tokens (plus the customary 'sks'), deterministic.
+
+    Candidates must not end any common word: a shared suffix would make their
+    word-final token an early (low-id) merge instead of a late, rare one.
+    """
+    letters = "bcdfghjklmnpqrstvwxz"
+    cands = sorted(
+        "".join(t)
+        for n in (2, 3)
+        for t in itertools.product(letters, repeat=n)
+        if set(t) & set("qxzjvkw")
+    )
+    random.Random(0).shuffle(cands)
+    rare = ["sks"]
+    for c in cands:
+        if len(rare) == _N_RARE:
+            break
+        if c not in rare and not any(w.endswith(c) for w in common):
+            rare.append(c)
+    return rare
+
+
+def tokenizer_corpus(extra_words: Sequence[str] = ()) -> tuple[dict[str, int], list[str]]:
+    """Word -> frequency for the common words, and the list of rare tokens (frequency 1).
+
+    Common frequencies are all > number of rare words, so no pair that occurs only in rare
+    words can win a BPE round before every common word is fully merged; rare tokens
+    therefore get the last merges, i.e. the highest ids, like rare tokens in real CLIP.
+    """
+    bad = [w for w in extra_words if not re.fullmatch(r"[a-z]+", w)]
+    if bad:
+        raise ValueError(f"extra_words must be lowercase ascii words, got {bad}")
+    freqs: dict[str, int] = {}
+    for group, base in ((_FUNCTION_WORDS, 4000), (_CLASS_WORDS, 2000), (_CONTEXT_WORDS, 1000),
+                        (_COLORS, 1000), (tuple(extra_words), 500)):
+        for rank, w in enumerate(group):
+            freqs.setdefault(w, base - rank)  # graded, deterministic, all >= 500 - len
+    common = set(freqs)
+    return freqs, [w for w in _rare_words(common) if w not in common]
+
+
+def _train_merges(freqs: dict[str, int]) -> list[tuple[str, str]]:
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    # Same pre-tokenization as CLIPTokenizer so the learned merges apply identically.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(
+        vocab_size=100_000, min_frequency=0, show_progress=False, special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>",
+    )
+
+    def lines() -> Iterator[str]:  # the trainer only counts words, so repeat each one
+        for w, f in freqs.items():
+            yield " ".join([w] * f)
+
+    tok.train_from_iterator(lines(), trainer=trainer)
+    return [tuple(m) for m in json.loads(tok.to_str())["model"]["merges"]]
+
+
+def build_clip_tokenizer(out_dir: Path, extra_words: Sequence[str] = ()) -> Path:
+    """Write a small CLIP BPE tokenizer (vocab.json, merges.txt + transformers files)."""
+    from transformers import CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    freqs, rare = tokenizer_corpus(extra_words)
+    merges = _train_merges({**freqs, **{w: 1 for w in rare}})
+    # CLIP layout: 256 byte chars, the same with '</w>', one token per merge, then the specials.
+    base = list(_bytes_to_unicode().values())
+    tokens = base + [b + "</w>" for b in base] + ["".join(m) for m in merges] + [_BOS, _EOS]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise RuntimeError("BPE produced a duplicate token")
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (out_dir / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+# -- Stable Diffusion 1.x -------------------------------------------------------------------
+
+_SD_SIZES: dict[str, dict[str, Any]] = {
+    # unit tests: 32 px images (VAE /2, latent 16x16), whole folder ~2 MB
+    "tiny": dict(
+        unet=dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), sample_size=16),
+        vae=dict(block_out_channels=(16, 32), norm_num_groups=8, sample_size=32),
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+    ),
+    # benchmarks: SD-1.x block layout, 128 px images (VAE /8, latent 16x16), UNet ~24.5M params
+    "bench": dict(
+        unet=dict(block_out_channels=(96, 128, 192, 192), layers_per_block=2, norm_num_groups=32,
+                  sample_size=16),
+        vae=dict(block_out_channels=(32, 64, 128, 128), norm_num_groups=32, sample_size=128),
+        text=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
+    ),
+}
+
+
+def build_tiny_sd(out_dir: Path, *, size: str = "tiny", prediction_type: str = "epsilon",
+                  seed: int = 0) -> Path:
+    """Save a random-weight StableDiffusionPipeline folder ('tiny' or 'bench')."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    if size not in _SD_SIZES:
+        raise ValueError(f"size must be one of {sorted(_SD_SIZES)}, got {size!r}")
+    cfg = _SD_SIZES[size]
+    out_dir = Path(out_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(build_clip_tokenizer(out_dir / "tokenizer"))
+    hidden = cfg["text"]["hidden_size"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=77, projection_dim=hidden,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, **cfg["text"],
+        ))
+        n_vae = len(cfg["vae"]["block_out_channels"])
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * n_vae, up_block_types=("UpDecoderBlock2D",) * n_vae,
+            **cfg["vae"],
+        )
+        unet = UNet2DConditionModel(in_channels=4, out_channels=4, cross_attention_dim=hidden,
+                                    attention_head_dim=8, **cfg["unet"])
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+# -- DeepFloyd IF stage I -------------------------------------------------------------------
+
+def _t5_tokenizer(words: Sequence[str], freqs: dict[str, int]) -> Any:
+    """T5 tokenizer over a Unigram model: one '▁word' piece per corpus word plus characters."""
+    from transformers import T5TokenizerFast
+
+    total = sum(freqs.values()) + len(words)
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    # Unigram scores are log-probabilities; whole words beat any split into characters.
+    pieces += [("▁" + w, math.log(freqs.get(w, 1) / total)) for w in words]
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-:;()\"/"
+    pieces += [(c, -20.0) for c in chars]
+    return T5TokenizerFast(vocab=pieces, extra_ids=100, model_max_length=77)
+
+
+def build_tiny_if(out_dir: Path, *, seed: int = 0) -> Path:
+    """Save a random-weight DeepFloyd IF stage-I IFPipeline folder (32 px, pixel space)."""
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+    from transformers import T5Config, T5EncoderModel
+
+    out_dir = Path(out_dir)
+    freqs, rare = tokenizer_corpus()
+    tokenizer = _t5_tokenizer(list(freqs) + rare, freqs)
+    d_model = 32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # T5 v1.1 flavour (as t5-v1_1-xxl used by IF): gated-GELU FFN, untied embeddings.
+        text_encoder = T5EncoderModel(T5Config(
+            vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        ))
+        # IF-I block types, attention pooling of the text ("text" addition embedding), learned variance.
+        unet = UNet2DConditionModel(
+            sample_size=32, in_channels=3, out_channels=6, layers_per_block=1,
+            block_out_channels=(32, 64), norm_num_groups=8,
+            down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+            mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+            up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+            cross_attention_dim=64, encoder_hid_dim=d_model, attention_head_dim=8,
+            addition_embed_type="text", addition_embed_type_num_heads=2,
+            cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu",
+        )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", beta_start=0.0001, beta_end=0.02,
+        variance_type="learned_range", prediction_type="epsilon", thresholding=True,
+        dynamic_thresholding_ratio=0.95, sample_max_value=1.5, clip_sample=True,
+    )
+    pipe = IFPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
