@@ -91,15 +91,16 @@ def tokenizer_corpus(extra_words: Sequence[str] = ()) -> tuple[dict[str, int], l
     if bad:
         raise ValueError(f"extra_words must be lowercase ascii words, got {bad}")
     freqs: dict[str, int] = {}
-    for group, base in ((_FUNCTION_WORDS, 4000), (_CLASS_WORDS, 2000), (_CONTEXT_WORDS, 1000),
-                        (_COLORS, 1000), (tuple(extra_words), 500)):
+    groups = ((_FUNCTION_WORDS, 400), (_CLASS_WORDS, 300), (_CONTEXT_WORDS, 200), (_COLORS, 200),
+              (tuple(extra_words), 200))
+    for group, base in groups:
         for rank, w in enumerate(group):
-            freqs.setdefault(w, base - rank)  # graded, deterministic, all >= 500 - len
+            freqs.setdefault(w, base + len(group) - rank)  # graded Zipf-ish, always > _N_RARE
     common = set(freqs)
     return freqs, [w for w in _rare_words(common) if w not in common]
 
 
-def _train_merges(freqs: dict[str, int]) -> list[tuple[str, str]]:
+def _train_merges(freqs: dict[str, int], base: list[str]) -> list[tuple[str, str]]:
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
@@ -108,8 +109,11 @@ def _train_merges(freqs: dict[str, int]) -> list[tuple[str, str]]:
         pre_tokenizers.Split(Regex(r"[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
+    # Equal pair counts are broken by token id, and the trainer numbers 'x</w>' tokens in
+    # hash-map order, which changes every process. Pinning the 512 CLIP base tokens first (as
+    # "special" tokens) fixes all ids, making the merges reproducible across runs.
     trainer = trainers.BpeTrainer(
-        vocab_size=100_000, min_frequency=0, show_progress=False, special_tokens=[],
+        vocab_size=100_000, min_frequency=0, show_progress=False, special_tokens=base,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>",
     )
 
@@ -128,10 +132,11 @@ def build_clip_tokenizer(out_dir: Path, extra_words: Sequence[str] = ()) -> Path
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     freqs, rare = tokenizer_corpus(extra_words)
-    merges = _train_merges({**freqs, **{w: 1 for w in rare}})
     # CLIP layout: 256 byte chars, the same with '</w>', one token per merge, then the specials.
-    base = list(_bytes_to_unicode().values())
-    tokens = base + [b + "</w>" for b in base] + ["".join(m) for m in merges] + [_BOS, _EOS]
+    chars = list(_bytes_to_unicode().values())
+    base = chars + [c + "</w>" for c in chars]
+    merges = _train_merges({**freqs, **{w: 1 for w in rare}}, base)
+    tokens = base + ["".join(m) for m in merges] + [_BOS, _EOS]
     vocab = {t: i for i, t in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise RuntimeError("BPE produced a duplicate token")
@@ -140,6 +145,12 @@ def build_clip_tokenizer(out_dir: Path, extra_words: Sequence[str] = ()) -> Path
         "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
     )
     tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # Cheap guard for the invariants tests and DreamBooth prompts rely on.
+    ids = tok(list(freqs) + rare, add_special_tokens=False).input_ids
+    if any(len(i) != 1 for i in ids):
+        raise RuntimeError("every corpus word must encode to a single token")
+    if max(i for i, in ids[: len(freqs)]) > min(i for i, in ids[len(freqs):]):
+        raise RuntimeError("rare tokens must have higher ids than common words")
     tok.save_pretrained(out_dir)
     return out_dir
 
@@ -149,7 +160,7 @@ def build_clip_tokenizer(out_dir: Path, extra_words: Sequence[str] = ()) -> Path
 _SD_SIZES: dict[str, dict[str, Any]] = {
     # unit tests: 32 px images (VAE /2, latent 16x16), whole folder ~2 MB
     "tiny": dict(
-        unet=dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+        unet=dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, attention_head_dim=2,
                   down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), sample_size=16),
         vae=dict(block_out_channels=(16, 32), norm_num_groups=8, sample_size=32),
@@ -158,7 +169,7 @@ _SD_SIZES: dict[str, dict[str, Any]] = {
     # benchmarks: SD-1.x block layout, 128 px images (VAE /8, latent 16x16), UNet ~24.5M params
     "bench": dict(
         unet=dict(block_out_channels=(96, 128, 192, 192), layers_per_block=2, norm_num_groups=32,
-                  sample_size=16),
+                  attention_head_dim=8, sample_size=16),
         vae=dict(block_out_channels=(32, 64, 128, 128), norm_num_groups=32, sample_size=128),
         text=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
     ),
@@ -180,7 +191,7 @@ def build_tiny_sd(out_dir: Path, *, size: str = "tiny", prediction_type: str = "
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=77, projection_dim=hidden,
+            vocab_size=len(tokenizer), max_position_embeddings=77,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, **cfg["text"],
         ))
@@ -190,8 +201,8 @@ def build_tiny_sd(out_dir: Path, *, size: str = "tiny", prediction_type: str = "
             down_block_types=("DownEncoderBlock2D",) * n_vae, up_block_types=("UpDecoderBlock2D",) * n_vae,
             **cfg["vae"],
         )
-        unet = UNet2DConditionModel(in_channels=4, out_channels=4, cross_attention_dim=hidden,
-                                    attention_head_dim=8, **cfg["unet"])
+        # SD-1.x defaults (CrossAttn x3 + Down, mid cross-attn) unless the size overrides them.
+        unet = UNet2DConditionModel(in_channels=4, out_channels=4, cross_attention_dim=hidden, **cfg["unet"])
     scheduler = DDIMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
@@ -239,11 +250,11 @@ def build_tiny_if(out_dir: Path, *, seed: int = 0) -> Path:
         # IF-I block types, attention pooling of the text ("text" addition embedding), learned variance.
         unet = UNet2DConditionModel(
             sample_size=32, in_channels=3, out_channels=6, layers_per_block=1,
-            block_out_channels=(32, 64), norm_num_groups=8,
+            block_out_channels=(16, 32), norm_num_groups=8,
             down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
             mid_block_type="UNetMidBlock2DSimpleCrossAttn",
             up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-            cross_attention_dim=64, encoder_hid_dim=d_model, attention_head_dim=8,
+            cross_attention_dim=32, encoder_hid_dim=d_model, attention_head_dim=8,
             addition_embed_type="text", addition_embed_type_num_heads=2,
             cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu",
         )

@@ -107,7 +107,7 @@ def load_pipeline(cfg: ModelConfig) -> DiffusionPipeline:
                                   "Point --model at the folder that contains model_index.json.")
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else src, revision=cfg.revision,
-                                                 variant=cfg.variant, torch_dtype=torch.float32)
+                                                 variant=cfg.variant)  # fp32, diffusers' default
     except OSError as e:
         where = "folder" if path.exists() else "hub id"
         raise DreamboothError(

@@ -36,7 +36,7 @@ class Plan:
                "text_encoder": job.optim.text_encoder_lr or job.optim.learning_rate}
         prior = "OFF"
         if class_job is not None:
-            prior = (f"ON: {class_job.wanted} class images ({class_job.found} found, {class_job.missing} generated) "
+            prior = (f"ON: {class_job.wanted} class images ({class_job.found} found, {class_job.generated} generated) "
                      f"in {class_job.folder}, weight {job.prior.prior_loss_weight}")
         return cls(
             model=str(model.source), model_kind="latent (VAE)" if model.latent else "pixel-space",

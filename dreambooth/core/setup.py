@@ -7,6 +7,7 @@ so the training loop has no decisions left to make.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from diffusers.optimization import get_scheduler
 
 from ..config import TrainJob
@@ -50,6 +52,9 @@ class Run:
 
 
 def make_accelerator(job: TrainJob, output_dir: Path) -> Accelerator:
+    # Precision lives in a process-wide singleton; reset it so several jobs can run in one process
+    # (tests, evaluation suites). The process group (PartialState) is left alone.
+    AcceleratorState._reset_state()
     try:
         return Accelerator(mixed_precision=job.train.mixed_precision,
                            log_with=None if job.output.report_to == "none" else job.output.report_to,
@@ -228,7 +233,11 @@ def _check_bitsandbytes() -> None:
 def write_run_files(run: Run) -> None:
     """The resolved config, the identifier and the plan, beside the outputs."""
     from ..config import save_yaml
-    save_yaml(run.job, run.output_dir / "dreambooth.yaml")
+    # Write what was actually used, so `--config dreambooth.yaml` repeats this run even if defaults change.
+    resolved = dataclasses.replace(run.job, data=dataclasses.replace(
+        run.job.data, identifier=run.identifier, instance_prompt=run.instance_prompt, resolution=run.model.resolution),
+        prior=dataclasses.replace(run.job.prior, class_prompt=run.class_prompt))
+    save_yaml(resolved, run.output_dir / "dreambooth.yaml")
     (run.output_dir / "identifier.json").write_text(json.dumps(
         {"identifier": run.identifier, "class_name": run.job.data.class_name,
          "instance_prompt": run.instance_prompt, "class_prompt": run.class_prompt}, indent=1))

@@ -151,5 +151,5 @@ def export(run: Run) -> Path:
     run.model.pipe.save_pretrained(run.output_dir, safe_serialization=True)
     run.accelerator.print(f"Saved the fine-tuned pipeline to {run.output_dir} "
                           f"(identifier {run.identifier!r}: try the prompt "
-                          f"{fill_identifier('a photo of <id>', run.identifier)!r}...)")
+                          f"{run.instance_prompt + ' on the beach'!r})")
     return run.output_dir

@@ -30,10 +30,11 @@ class ClassImageJob:
     wanted: int
     found: int
     key: str
+    generated: int = 0
 
     @property
     def missing(self) -> int:
-        return max(0, self.wanted - self.found)
+        return max(0, self.wanted - self.found - self.generated)
 
 
 def cache_root() -> Path:
@@ -83,7 +84,7 @@ def generate_class_images(job: ClassImageJob, pipe, *, seed: int, steps: int, gu
         written.append(path)
         bar.update(1)
     bar.close()
-    job.found += len(written)
+    job.generated = len(written)
     return written
 
 
