@@ -16,8 +16,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 # -- vocabulary corpus ----------------------------------------------------------------------
 
 _FUNCTION_WORDS = (
@@ -146,10 +144,11 @@ def build_clip_tokenizer(out_dir: Path, extra_words: Sequence[str] = ()) -> Path
     )
     tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
     # Cheap guard for the invariants tests and DreamBooth prompts rely on.
-    ids = tok(list(freqs) + rare, add_special_tokens=False).input_ids
-    if any(len(i) != 1 for i in ids):
+    encoded = tok(list(freqs) + rare, add_special_tokens=False).input_ids
+    if any(len(e) != 1 for e in encoded):
         raise RuntimeError("every corpus word must encode to a single token")
-    if max(i for i, in ids[: len(freqs)]) > min(i for i, in ids[len(freqs):]):
+    ids = [e[0] for e in encoded]
+    if max(ids[: len(freqs)]) > min(ids[len(freqs) :]):
         raise RuntimeError("rare tokens must have higher ids than common words")
     tok.save_pretrained(out_dir)
     return out_dir
@@ -179,6 +178,7 @@ _SD_SIZES: dict[str, dict[str, Any]] = {
 def build_tiny_sd(out_dir: Path, *, size: str = "tiny", prediction_type: str = "epsilon",
                   seed: int = 0) -> Path:
     """Save a random-weight StableDiffusionPipeline folder ('tiny' or 'bench')."""
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -188,6 +188,7 @@ def build_tiny_sd(out_dir: Path, *, size: str = "tiny", prediction_type: str = "
     out_dir = Path(out_dir)
     tokenizer = CLIPTokenizer.from_pretrained(build_clip_tokenizer(out_dir / "tokenizer"))
     hidden = cfg["text"]["hidden_size"]
+    # Forked RNG: deterministic weights without disturbing the caller's random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -232,6 +233,7 @@ def _t5_tokenizer(words: Sequence[str], freqs: dict[str, int]) -> Any:
 
 def build_tiny_if(out_dir: Path, *, seed: int = 0) -> Path:
     """Save a random-weight DeepFloyd IF stage-I IFPipeline folder (32 px, pixel space)."""
+    import torch
     from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
     from transformers import T5Config, T5EncoderModel
 

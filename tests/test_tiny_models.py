@@ -6,6 +6,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +79,8 @@ def test_clip_tokenizer_files_and_layout(tmp_path: Path) -> None:
     assert len(vocab) < 2000
     # CLIP layout: 256 byte chars, the same with '</w>', merges, and the two specials last.
     base = list(bytes_to_unicode().values())
-    assert [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][:512] == base + [b + "</w>" for b in base]
+    by_id = sorted(vocab, key=vocab.__getitem__)
+    assert by_id[:512] == base + [b + "</w>" for b in base]
     assert vocab["<|startoftext|>"] == len(vocab) - 2 and vocab["<|endoftext|>"] == len(vocab) - 1
     assert (out / "merges.txt").read_text(encoding="utf-8").startswith("#version: 0.2\n")
 
@@ -114,6 +117,16 @@ def test_clip_tokenizer_slow_fast_and_reference_agree(tmp_path: Path) -> None:
         assert ids == from_files(s).input_ids == _reference_clip_ids(vocab, merges, s)
         assert from_json.decode(ids, skip_special_tokens=True) == " ".join(
             re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", s.lower()))
+
+
+def test_clip_tokenizer_reproducible_across_processes(tmp_path: Path) -> None:
+    # The BPE trainer hashes with a per-process random seed; the files must not depend on it.
+    here = build_clip_tokenizer(tmp_path / "here")
+    code = "import sys; from dreambooth.tiny import build_clip_tokenizer as b; b(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "there")], check=True,
+                   cwd=Path(__file__).resolve().parents[1])
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        assert (here / name).read_bytes() == (tmp_path / "there" / name).read_bytes()
 
 
 # -- Stable Diffusion -----------------------------------------------------------------------------

@@ -153,3 +153,16 @@ def test_generate_fills_in_the_identifier(tiny_sd, photos, tmp_path):
                  "--steps", "2", "--out", str(grid)]) == 0
     from PIL import Image
     assert Image.open(grid).size == (64, 32)
+
+
+def test_accelerate_launch_runs_the_module(tiny_sd, photos, tmp_path):
+    """`accelerate launch -m dreambooth train ...` as users run it (one process on this machine)."""
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes=1", "--num_machines=1",
+           "--mixed_precision=no", "--dynamo_backend=no", "-m", "dreambooth", "train", f"--model={tiny_sd}",
+           f"--instance_data_dir={photos}", "--class_name=dog", f"--output_dir={out}", "--max_train_steps=1"] + FAST
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "model_index.json").exists() and "Saved the fine-tuned pipeline" in proc.stdout

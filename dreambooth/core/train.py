@@ -26,10 +26,15 @@ from ..data.batches import step_generator
 
 def train(job: TrainJob) -> Path:
     """Run a whole DreamBooth job; returns the output folder."""
+    spec = job.checkpoint.resume_from_checkpoint
+    # Look for the checkpoint first: a wrong path should fail before minutes of setup.
+    resume_from = ckpt.find_checkpoint(Path(job.output.output_dir), spec) if spec else None
     run = setup_run(job)
     acc = run.accelerator
-    if job.checkpoint.resume_from_checkpoint:
-        resume(run)
+    if spec and resume_from is None:
+        acc.print(f"No checkpoint in {run.output_dir} yet; starting from step 0.")
+    elif resume_from is not None:
+        resume(run, resume_from)
     if acc.is_main_process:
         write_run_files(run)
     acc.print(run.plan.render())
@@ -45,12 +50,7 @@ def train(job: TrainJob) -> Path:
     return run.output_dir
 
 
-def resume(run: Run) -> None:
-    spec = run.job.checkpoint.resume_from_checkpoint
-    folder = ckpt.find_checkpoint(run.output_dir, spec)
-    if folder is None:
-        run.accelerator.print(f"No checkpoint in {run.output_dir} yet; starting from step 0.")
-        return
+def resume(run: Run, folder: Path) -> None:
     run.start_step = ckpt.load_checkpoint(folder, {n: run.accelerator.unwrap_model(m) for n, m in
                                                    run.trainable.items()}, run.optimizer, run.lr_scheduler)
     run.accelerator.print(f"Resumed from {folder} at step {run.start_step}.")
