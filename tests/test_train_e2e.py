@@ -166,3 +166,39 @@ def test_accelerate_launch_runs_the_module(tiny_sd, photos, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "model_index.json").exists() and "Saved the fine-tuned pipeline" in proc.stdout
+
+
+def test_variant_weights_are_loaded(tiny_sd, photos, tmp_path):
+    """--variant fp16 reads diffusion_pytorch_model.fp16.safetensors, as diffusers does."""
+    variant_model = tmp_path / "variant"
+    DiffusionPipeline.from_pretrained(tiny_sd).save_pretrained(variant_model, variant="fp16")
+    assert (variant_model / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists()
+    out = tmp_path / "out"
+    assert main(["train", f"--model={variant_model}", "--variant=fp16", f"--instance-data-dir={photos}",
+                 "--class-name=dog", "--max-train-steps=1", f"--output-dir={out}"] + FAST) == 0
+
+
+def test_tensorboard_gets_losses_and_validation_grids(tiny_sd, photos, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "out"
+    assert main(["train", f"--model={tiny_sd}", f"--instance-data-dir={photos}", "--class-name=dog",
+                 "--with-prior-preservation", "--num-class-images=2", "--max-train-steps=2",
+                 "--validation-prompt=a photo of <id> dog", "--validation-steps=1", "--num-validation-images=2",
+                 "--class_inference_steps=2", "--validation_inference_steps=2", "--prior_generation_precision=bf16",
+                 f"--output-dir={out}", "--report_to=tensorboard"]) == 0
+    events = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert {"loss", "loss_instance", "loss_prior", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Images("validation")] == [1, 2]
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-000001.png", "step-000002.png"]
+
+
+def test_epochs_and_scaled_lr_set_the_schedule(tiny_sd, photos, tmp_path):
+    out = tmp_path / "out"
+    # 4 photos x 1 center-crop view, batch 2, 3 epochs -> 6 steps; lr scaled by batch 2.
+    assert main(["train", f"--model={tiny_sd}", f"--instance-data-dir={photos}", "--class-name=dog",
+                 "--max_train_steps=None", "--num_train_epochs=3", "--train_batch_size=2", "--center_crop",
+                 "--scale_lr", "--learning_rate=1e-5", f"--output-dir={out}"] + FAST) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["steps"] == 6 and plan["trainable"]["unet"]["lr"] == 2e-5
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]

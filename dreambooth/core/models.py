@@ -33,7 +33,7 @@ class Model:
     latent: bool                     # VAE latent model (SD) vs pixel-space (IF, micro world)
     encode_images: Callable[[Tensor], Tensor]       # (B,3,H,W) in [-1,1] -> x0 (B,C,h,w)
     predict: Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, t, text) -> model target estimate
-    use_attention_mask: bool         # T5 needs the padding mask; CLIP was trained without one
+    use_attention_mask: bool         # whether the pipeline passes the padding mask to the text encoder
     learned_variance: bool           # UNet predicts [target, variance] (DeepFloyd IF)
 
     @property
@@ -76,7 +76,6 @@ def load_model(cfg: ModelConfig, resolution: int | None = None) -> Model:
     vae = getattr(pipe, "vae", None)
     unet = pipe.unet
     native = unet.config.sample_size * (pipe.vae_scale_factor if vae is not None else 1)
-    te_type = getattr(pipe.text_encoder.config, "model_type", "")
     return Model(
         pipe=pipe,
         source=cfg.pretrained_model_name_or_path,
@@ -85,7 +84,7 @@ def load_model(cfg: ModelConfig, resolution: int | None = None) -> Model:
         latent=vae is not None,
         encode_images=_vae_encoder(vae) if vae is not None else _pixels,
         predict=make_predictor(unet, learned_variance=unet.config.out_channels == 2 * unet.config.in_channels),
-        use_attention_mask=te_type == "t5",
+        use_attention_mask=_pipeline_uses_mask(pipe),
         learned_variance=unet.config.out_channels == 2 * unet.config.in_channels,
     )
 
@@ -127,6 +126,13 @@ def _load_tokenizer(name: str):
     except OSError as e:
         raise DreamboothError(f"Could not load the tokenizer {name!r} given by --tokenizer_name: "
                               f"{str(e).splitlines()[0][:200]} Pass a local tokenizer folder.") from None
+
+
+def _pipeline_uses_mask(pipe) -> bool:
+    """Train the text encoder's input exactly as the pipeline feeds it at inference: the IF family
+    always passes the padding mask; Stable Diffusion only when the encoder's config asks for it."""
+    from diffusers import IFPipeline
+    return isinstance(pipe, IFPipeline) or bool(getattr(pipe.text_encoder.config, "use_attention_mask", False))
 
 
 def _pixels(images: Tensor) -> Tensor:

@@ -28,12 +28,10 @@ class Plan:
     trainable: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, job, *, model, device, n_photos, n_views, skipped, class_job, n_class_views, params, max_steps,
+    def build(cls, job, *, model, device, n_photos, n_views, skipped, class_job, n_class_views, params, lrs, max_steps,
               num_processes, identifier, instance_prompt, class_prompt) -> "Plan":
         t = job.train
         eff = t.train_batch_size * t.gradient_accumulation_steps * num_processes
-        lrs = {"unet": job.optim.learning_rate,
-               "text_encoder": job.optim.text_encoder_lr or job.optim.learning_rate}
         prior = "OFF"
         if class_job is not None:
             prior = (f"ON: {class_job.wanted} class images ({class_job.found} found, {class_job.generated} generated) "

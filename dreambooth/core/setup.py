@@ -7,6 +7,7 @@ so the training loop has no decisions left to make.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -145,13 +146,15 @@ def setup_run(job: TrainJob) -> Run:
         accelerator.print(f"prior preservation ON: {class_job.found} found, {class_job.missing} to generate "
                           f"in {class_job.folder}")
         if class_job.missing and accelerator.is_main_process:
-            with accelerator.autocast():
+            with _generation_precision(p.prior_generation_precision, accelerator):
                 generate_class_images(class_job, model.pipe, seed=t.seed, steps=p.class_inference_steps,
                                       guidance_scale=p.class_guidance_scale, batch_size=p.sample_batch_size,
                                       sampler=sampler, **model.sample_kwargs())
         accelerator.wait_for_everyone()
     else:
         accelerator.print("prior preservation OFF")
+        if p.class_data_dir:
+            accelerator.print("note: --class_data_dir is unused without --with_prior_preservation.")
 
     # Encode every view once; steps only index into these tensors.
     views, _ = make_views([ph.image for ph in photos.photos], model.resolution, center_crop=d.center_crop,
@@ -168,8 +171,8 @@ def setup_run(job: TrainJob) -> Run:
 
     # Optimizer and schedule.
     scale = t.train_batch_size * t.gradient_accumulation_steps * accelerator.num_processes if o.scale_lr else 1
-    groups = [{"params": [q for q in m.parameters() if q.requires_grad], "lr": lrs[n] * scale}
-              for n, m in trainable.items()]
+    lrs = {name: lr * scale for name, lr in lrs.items()}
+    groups = [{"params": [q for q in m.parameters() if q.requires_grad], "lr": lrs[n]} for n, m in trainable.items()]
     optimizer_cls = _adamw_class(o.use_8bit_adam)
     optimizer = optimizer_cls(groups, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.adam_weight_decay,
                               eps=o.adam_epsilon)
@@ -180,7 +183,7 @@ def setup_run(job: TrainJob) -> Run:
     optimizer = accelerator.prepare_optimizer(optimizer)
 
     plan = Plan.build(job, model=model, device=str(device), n_photos=len(photos.photos), n_views=len(views),
-                      skipped=photos.skipped, class_job=class_job, n_class_views=len(class_x0), params=params,
+                      skipped=photos.skipped, class_job=class_job, n_class_views=len(class_x0), params=params, lrs=lrs,
                       max_steps=max_steps, num_processes=accelerator.num_processes, identifier=identifier,
                       instance_prompt=instance_prompt, class_prompt=class_prompt if class_job else None)
     return Run(job=job, accelerator=accelerator, model=model, output_dir=output_dir, identifier=identifier,
@@ -211,6 +214,16 @@ def _text_conditioning(model: Model, te, instance_prompt: str, class_prompt: str
     if t.pre_compute_text_embeddings:
         te.to("cpu")   # frees accelerator memory; it is still saved with the pipeline at the end
     return lambda n_inst, n_class: pick(table, n_inst, n_class)
+
+
+def _generation_precision(precision: str | None, accelerator: Accelerator):
+    """Autocast for class-image sampling: the training precision unless set separately."""
+    if precision is None:
+        return accelerator.autocast()
+    if precision in ("no", "fp32"):
+        return contextlib.nullcontext()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return torch.autocast(accelerator.device.type, dtype=dtype)
 
 
 def _adamw_class(eight_bit: bool):
