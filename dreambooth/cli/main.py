@@ -34,6 +34,25 @@ def cmd_tiny_model(ns: argparse.Namespace, unknown: list[str]) -> None:
     print(f"wrote a random-weight {ns.kind} pipeline to {build(Path(ns.out), **kwargs)}")
 
 
+def cmd_world(ns: argparse.Namespace, unknown: list[str]) -> None:
+    _no_unknown(unknown)
+    from ..world import subjects as w
+    if ns.world_command == "subjects":
+        for s in w.SUBJECTS.values():
+            print(f"{s.name:16s} class {s.cls:8s} colour {s.color:7s} photographed {' / '.join(s.home)}")
+    elif ns.world_command == "photos":
+        paths = w.write_photos(w.get_subject(ns.subject), ns.n, Path(ns.out), seed=ns.seed)
+        print(f"wrote {len(paths)} photos of {ns.subject} to {ns.out}")
+    elif ns.world_command == "ideal":
+        from PIL import Image
+        from ..world.render import render
+        from ..core.sample import make_grid
+        subject = w.get_subject(ns.subject)
+        images = [Image.fromarray(render(w.ideal_scene(subject, ns.prompt, seed=ns.seed + i))) for i in range(ns.n)]
+        make_grid(images, cols=ns.n).save(ns.out)
+        print(f"wrote the ideal render of {ns.prompt!r} for {ns.subject} to {ns.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreambooth", description="Personalize text-to-image diffusion models "
                                      "from a few photos (DreamBooth, Ruiz et al. 2023).")
@@ -63,6 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--kind", choices=["sd", "if"], default="sd", help="Stable Diffusion or DeepFloyd IF layout")
     tiny.add_argument("--size", choices=["tiny", "bench"], default="tiny")
     tiny.set_defaults(func=cmd_tiny_model)
+
+    world = sub.add_parser("world", help="the micro world: subjects, their photos, ideal renders")
+    wsub = world.add_subparsers(dest="world_command", required=True)
+    wsub.add_parser("subjects", help="list the built-in subjects")
+    photos = wsub.add_parser("photos", help="render N photos of a subject into a folder, as a user's photos")
+    photos.add_argument("--subject", required=True)
+    photos.add_argument("-n", type=int, default=5)
+    photos.add_argument("--out", required=True)
+    photos.add_argument("--seed", type=int, default=0)
+    ideal = wsub.add_parser("ideal", help="render what a perfect model would draw for a prompt about a subject")
+    ideal.add_argument("--subject", required=True)
+    ideal.add_argument("--prompt", required=True, help="e.g. 'a red [V] ball on the beach'")
+    ideal.add_argument("-n", type=int, default=4)
+    ideal.add_argument("--out", default="ideal.png")
+    ideal.add_argument("--seed", type=int, default=0)
+    world.set_defaults(func=cmd_world)
     return parser
 
 
