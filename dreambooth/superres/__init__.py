@@ -1,0 +1,1 @@
+"""Super-resolution: the low-res conditioning shared by pretraining, fine-tuning and inference."""

@@ -1,0 +1,32 @@
+"""The low-resolution input of a cascaded super-resolution model, made the way inference makes it.
+
+IF stage II / Imagen style: the low-res image is upsampled to the output size (bilinear,
+align_corners=True, as `IFSuperResolutionPipeline` does), noise-augmented with the model's own
+noising schedule at level s, and the level s is given to the UNet as its class label. Training with
+the same construction is what lets the SR model repair a base model's imperfect samples.
+Pure functions: noise and levels are arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..core.losses import add_noise
+
+
+def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size) by box filtering (area), the way the base model's
+    training images were made from the high-resolution renders."""
+    return F.interpolate(images, size=(size, size), mode="area")
+
+
+def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Exactly the pipeline's upsampling of its low-res input."""
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=True)
+
+
+def lowres_condition(low: torch.Tensor, out_size: int, noise: torch.Tensor, level: torch.Tensor,
+                     alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """low (B, C, h, w) in [-1, 1] -> (B, C, out_size, out_size): upsampled, then noised to `level`."""
+    return add_noise(upsample(low, out_size), noise, level, alphas_cumprod)

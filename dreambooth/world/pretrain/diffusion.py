@@ -1,0 +1,159 @@
+"""Pretraining the micro world's two diffusion models from scratch.
+
+base: text -> 32x32 pixels, a pixel-space UNet2DConditionModel saved as an `IFPipeline` folder
+      (DeepFloyd IF stage I layout) with micro-CLIP's frozen text tower as its text encoder.
+sr:   32 -> 64, the IF stage II layout (`IFSuperResolutionPipeline`): the noisy 64x64 image is
+      concatenated with the noise-augmented upsampled 32x32 image, the augmentation level is the
+      UNet's class label.
+
+One loop serves both: the only difference, how the UNet input is built, is chosen at setup.
+Captions are encoded once (the caption set is small), 10% are dropped to the empty prompt so
+classifier-free guidance works, and an EMA copy of the weights is what gets shipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from diffusers import DDPMScheduler, IFPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ...core import checkpoint as ckpt
+from ...core.losses import add_noise, per_sample_mse
+from ...core.models import encode_text, tokenize
+from ...superres.conditioning import downsample, lowres_condition
+from .data import RenderCache
+
+
+@dataclass
+class UNetSize:
+    channels: tuple[int, ...]
+    attention: tuple[bool, ...]       # cross-attention at each resolution
+    layers_per_block: int = 2
+    head_dim: int = 32
+
+
+SIZES = {
+    ("base", "full"): UNetSize((64, 128, 192), (False, True, True)),
+    ("sr", "full"): UNetSize((32, 64, 128, 128), (False, False, True, True), layers_per_block=1),
+    ("base", "toy"): UNetSize((16, 32), (False, True), layers_per_block=1, head_dim=8),
+    ("sr", "toy"): UNetSize((8, 16, 16), (False, False, True), layers_per_block=1, head_dim=8),
+}
+
+
+def world_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+                         variance_type="fixed_small", clip_sample=True)
+
+
+def build_unet(kind: str, size: UNetSize, cross_attention_dim: int) -> UNet2DConditionModel:
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in size.attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(size.attention))
+    extra = {"class_embed_type": "timestep"} if kind == "sr" else {}
+    return UNet2DConditionModel(
+        # IF layout: 6 outputs ([epsilon, variance]); the pipelines expect it. With a fixed_small
+        # variance schedule only the epsilon half is trained and used.
+        sample_size=32 if kind == "base" else 64, in_channels=3 if kind == "base" else 6, out_channels=6,
+        block_out_channels=size.channels, layers_per_block=size.layers_per_block, down_block_types=down,
+        up_block_types=up, cross_attention_dim=cross_attention_dim, attention_head_dim=size.head_dim,
+        norm_num_groups=min(32, size.channels[0]), **extra)
+
+
+@dataclass
+class DiffusionRun:
+    kind: str = "base"         # base | sr
+    scale: str = "full"        # full | toy
+    steps: int = 20000
+    batch_size: int = 64
+    learning_rate: float = 2e-4
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    max_aug_level: int = 500   # sr: noise-augmentation levels drawn from [0, max_aug_level)
+    cache_size: int = 30000
+    checkpoint_every: int = 500
+    seed: int = 0
+
+
+def train_diffusion(run: DiffusionRun, out_dir: Path, tokenizer_dir: Path, text_encoder_dir: Path,
+                    log: Callable[[str], None] = print) -> Path:
+    """Train (or resume) one model; writes OUT/<kind>/ as a diffusers pipeline folder."""
+    final = out_dir / run.kind
+    if (final / "model_index.json").exists():
+        log(f"{run.kind}: already trained at {final}")
+        return final
+    torch.manual_seed(run.seed)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    text_encoder = CLIPTextModel.from_pretrained(text_encoder_dir).eval().requires_grad_(False)
+    sched = world_scheduler()
+    alphas = sched.alphas_cumprod
+    unet = build_unet(run.kind, SIZES[(run.kind, run.scale)], text_encoder.config.hidden_size)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=run.learning_rate, weight_decay=0.0)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 500))
+    work = out_dir / f".{run.kind}-ckpt"
+    start = 0
+    if ckpt.list_checkpoints(work):
+        start = ckpt.load_checkpoint(ckpt.list_checkpoints(work)[-1], {"unet": unet, "ema": ema}, optimizer, lr_sched)
+        log(f"{run.kind}: resumed at step {start}")
+
+    cache = RenderCache(run.seed, 32 if run.kind == "base" else 64, run.cache_size)
+    captions = sorted({s.caption for s in cache.samples})
+    ids, mask = tokenize(tokenizer, [""] + captions)
+    with torch.no_grad():   # the caption set is small: encode every caption once, row 0 = the empty prompt
+        table = torch.cat([encode_text(text_encoder, ids[i:i + 256], mask[i:i + 256]) for i in range(0, len(ids), 256)])
+    row = {c: i + 1 for i, c in enumerate(captions)}
+    model_input = _sr_input if run.kind == "sr" else _base_input
+
+    unet.train()
+    gen = torch.Generator().manual_seed(run.seed * 1000 + start)
+    for step in range(start, run.steps):
+        idx = torch.randint(0, len(cache), (run.batch_size,), generator=gen)
+        x0 = cache.batch(idx.tolist())                                          # (B, 3, s, s)
+        rows = torch.tensor([row[cache.samples[i].caption] for i in idx.tolist()])
+        rows[torch.rand(run.batch_size, generator=gen) < run.caption_dropout] = 0
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (run.batch_size,), generator=gen)
+        x_in, labels = model_input(run, x0, add_noise(x0, noise, t, alphas), alphas, gen)
+        pred = unet(x_in, t, encoder_hidden_states=table[rows], class_labels=labels).sample[:, :3]
+        loss = per_sample_mse(pred, noise).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        lr_sched.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1 - run.ema_decay)
+        if (step + 1) % 50 == 0:
+            log(f"{run.kind} step {step + 1}/{run.steps} loss {loss.item():.4f}")
+        if (step + 1) % run.checkpoint_every == 0 or step + 1 == run.steps:
+            ckpt.save_checkpoint(work, step + 1, {"unet": unet, "ema": ema}, optimizer, lr_sched, limit=2)
+
+    _save_pipeline(run, ema, tokenizer, text_encoder, final)
+    (final / "pretrain.json").write_text(json.dumps(asdict(run), indent=1))
+    return final
+
+
+def _base_input(run, x0, x_t, alphas, gen):
+    return x_t, None
+
+
+def _sr_input(run, x0, x_t, alphas, gen):
+    """[noisy 64x64 ; upsampled noise-augmented 32x32], augmentation level as class label."""
+    level = torch.randint(0, run.max_aug_level, (x0.shape[0],), generator=gen)
+    cond = lowres_condition(downsample(x0, 32), 64, torch.randn(x0.shape, generator=gen), level, alphas)
+    return torch.cat([x_t, cond], dim=1), level
+
+
+def _save_pipeline(run: DiffusionRun, unet, tokenizer, text_encoder, folder: Path) -> None:
+    common = dict(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=world_scheduler(),
+                  safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    if run.kind == "sr":
+        pipe = IFSuperResolutionPipeline(image_noising_scheduler=world_scheduler(), **common)
+    else:
+        pipe = IFPipeline(**common)
+    pipe.save_pretrained(folder, safe_serialization=True)

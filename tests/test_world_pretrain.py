@@ -1,0 +1,71 @@
+"""Toy-scale pretraining of the world's diffusion models: files, resume, and the cascade running
+through diffusers' own IF pipelines."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from dreambooth.superres.conditioning import downsample, lowres_condition, upsample
+from dreambooth.tiny import build_clip_tokenizer
+from dreambooth.world.pretrain.diffusion import DiffusionRun, train_diffusion, world_scheduler
+from dreambooth.world.vocab import world_words
+
+
+@pytest.fixture(scope="module")
+def text_parts(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    tok_dir = build_clip_tokenizer(out / "tokenizer", extra_words=world_words())
+    tok = CLIPTokenizer.from_pretrained(tok_dir)
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=77, eos_token_id=tok.eos_token_id,
+                                 bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+                  ).save_pretrained(out / "text_encoder")
+    return out
+
+
+def toy(kind: str, steps: int) -> DiffusionRun:
+    return DiffusionRun(kind=kind, scale="toy", steps=steps, batch_size=4, cache_size=16, checkpoint_every=2)
+
+
+def test_pretraining_resumes_from_its_checkpoint(text_parts, tmp_path):
+    logs = []
+    train_diffusion(toy("base", 2), tmp_path, text_parts / "tokenizer", text_parts / "text_encoder", logs.append)
+    shutil.rmtree(tmp_path / "base")            # as if interrupted after the step-2 checkpoint
+    train_diffusion(toy("base", 4), tmp_path, text_parts / "tokenizer", text_parts / "text_encoder", logs.append)
+    assert "base: resumed at step 2" in logs
+    assert sorted(p.name for p in (tmp_path / ".base-ckpt").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # a finished stage is not trained again
+    train_diffusion(toy("base", 4), tmp_path, text_parts / "tokenizer", text_parts / "text_encoder", logs.append)
+    assert logs[-1].startswith("base: already trained")
+
+
+def test_cascade_runs_through_diffusers_if_pipelines(text_parts, tmp_path):
+    for kind in ("base", "sr"):
+        train_diffusion(toy(kind, 2), tmp_path, text_parts / "tokenizer", text_parts / "text_encoder", lambda m: None)
+    base, sr = DiffusionPipeline.from_pretrained(tmp_path / "base"), DiffusionPipeline.from_pretrained(tmp_path / "sr")
+    assert (type(base).__name__, type(sr).__name__) == ("IFPipeline", "IFSuperResolutionPipeline")
+    g = torch.Generator().manual_seed(0)
+    low = base("a red ball on the beach", num_inference_steps=2, output_type="pt", clean_caption=False,
+               generator=g).images
+    high = sr(image=low, prompt="a red ball on the beach", num_inference_steps=2, noise_level=100, output_type="pt",
+              clean_caption=False, generator=g).images
+    assert low.shape == (1, 3, 32, 32) and high.shape == (1, 3, 64, 64) and torch.isfinite(high).all()
+
+
+def test_lowres_condition_is_the_degraded_image_not_the_target():
+    alphas = world_scheduler().alphas_cumprod
+    high = torch.rand(2, 3, 64, 64) * 2 - 1
+    low = downsample(high, 32)
+    assert low.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(low[0, 0, 0, 0], high[0, 0, :2, :2].mean())   # box filter
+    clean = lowres_condition(low, 64, torch.zeros_like(high), torch.tensor([0, 0]), alphas)
+    # level 0: the upsampled low-res image (not the high-res target), scaled by sqrt(alpha_bar_0) ~ 1
+    torch.testing.assert_close(clean, upsample(low, 64) * alphas[0].sqrt(), rtol=1e-5, atol=1e-5)
+    assert (clean - high).abs().mean() > 0.05
+    noisy = lowres_condition(low, 64, torch.randn_like(high), torch.tensor([999, 999]), alphas)
+    assert (noisy - upsample(low, 64)).abs().mean() > 0.5     # the top level is almost pure noise
