@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..errors import DreamboothError
 
@@ -27,7 +27,7 @@ def save_checkpoint(output_dir: Path, step: int, modules: dict[str, torch.nn.Mod
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, module in modules.items():
-        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors")
+        save_model(module, str(tmp / f"{name}.safetensors"))   # handles tied/shared weights
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
     save_file(tensors, tmp / "optimizer.safetensors", metadata={"layout": json.dumps(meta)})
     (tmp / "state.json").write_text(json.dumps({"step": step, "lr_scheduler": lr_scheduler.state_dict()}, indent=1))
@@ -68,7 +68,7 @@ def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
         if not file.exists():
             raise DreamboothError(f"Checkpoint {folder} has no {file.name}, but this run trains '{name}'. "
                                   "Resume with the same --train_text_encoder setting the checkpoint was made with.")
-        module.load_state_dict(load_file(file))
+        load_model(module, str(file))
     opt_file = folder / "optimizer.safetensors"
     from safetensors import safe_open
     with safe_open(opt_file, "pt") as f:
