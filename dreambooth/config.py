@@ -28,6 +28,9 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, aliases: tuple
     return field(default=default, metadata=meta)
 
 
+SAMPLERS = ("DPMSolverMultistepScheduler", "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "model")
+
+
 @dataclass
 class ModelConfig:
     pretrained_model_name_or_path: str = opt(
@@ -63,6 +66,9 @@ class PriorConfig:
     prior_loss_weight: float = opt(1.0, "Weight of the prior-preservation loss.")
     sample_batch_size: int = opt(4, "Batch size for generating class images.")
     class_inference_steps: int = opt(25, "Sampler steps per generated class image.")
+    class_scheduler: str = opt("DPMSolverMultistepScheduler", "Sampler for class images: a diffusers scheduler "
+                               "class built from the model's scheduler config, or 'model' for the model's own.",
+                               choices=SAMPLERS)
     class_guidance_scale: float = opt(7.5, "Classifier-free guidance for generated class images.")
     prior_generation_precision: str | None = opt(None, "Precision for class-image generation (default: the "
                                                        "training precision).", choices=(None, "no", "fp32", "fp16", "bf16"))
@@ -119,6 +125,8 @@ class ValidationConfig:
     validation_steps: int = opt(100, "Write a validation grid every N steps.")
     validation_inference_steps: int = opt(25, "Sampler steps for validation images.")
     validation_guidance_scale: float = opt(7.5, "Classifier-free guidance for validation images.")
+    validation_scheduler: str = opt("DPMSolverMultistepScheduler", "Sampler for validation images (as diffusers' "
+                                    "flag; 'model' keeps the model's own).", choices=SAMPLERS)
 
 
 @dataclass

@@ -101,3 +101,8 @@ def test_every_diffusers_flag_is_recognised():
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     missing = [f for f in diffusers_flags if f"--{f}" not in help_text]
     assert not missing
+
+
+def test_validation_scheduler_is_a_real_setting():
+    job, notes = parse(["--validation_scheduler=DDPMScheduler"])
+    assert job.validation.validation_scheduler == "DDPMScheduler" and not notes

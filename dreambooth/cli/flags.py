@@ -21,7 +21,6 @@ IGNORED = {
     "set_grads_to_none": "gradients are always reset to None",
     "dataloader_num_workers": "images are encoded once before training; no data loader runs during training",
     "local_rank": "the process rank comes from `accelerate launch`",
-    "validation_scheduler": "validation samples with the model's own scheduler",
 }
 # diffusers flags we refuse, with what to do instead (raised before any work starts).
 UNSUPPORTED = {

@@ -27,6 +27,7 @@ from ..errors import DreamboothError
 from . import identifier as ident
 from .models import Model, encode_text, load_model, make_predictor, parameter_report, tokenize
 from .plan import Plan
+from .sample import sampler, sampler_name
 
 Tensor = torch.Tensor
 
@@ -138,7 +139,7 @@ def setup_run(job: TrainJob) -> Run:
     model.predict = make_predictor(trainable["unet"], model.learned_variance)
 
     # Class images (main process generates; the others wait and read them).
-    sampler = f"{type(model.pipe.scheduler).__name__}/{p.class_inference_steps}steps/cfg{p.class_guidance_scale}"
+    sampler = f"{sampler_name(model.pipe, p.class_scheduler)}/{p.class_inference_steps}steps/cfg{p.class_guidance_scale}"
     class_job = None
     if p.with_prior_preservation:
         class_job = plan_class_images(model.source, class_prompt, p.class_data_dir, p.num_class_images,
@@ -146,7 +147,7 @@ def setup_run(job: TrainJob) -> Run:
         accelerator.print(f"prior preservation ON: {class_job.found} found, {class_job.missing} to generate "
                           f"in {class_job.folder}")
         if class_job.missing and accelerator.is_main_process:
-            with _generation_precision(p.prior_generation_precision, accelerator):
+            with _generation_precision(p.prior_generation_precision, accelerator), sampler(model.pipe, p.class_scheduler):
                 generate_class_images(class_job, model.pipe, seed=t.seed, steps=p.class_inference_steps,
                                       guidance_scale=p.class_guidance_scale, batch_size=p.sample_batch_size,
                                       sampler=sampler, **model.sample_kwargs())

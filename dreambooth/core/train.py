@@ -19,7 +19,7 @@ from ..errors import DreamboothError
 from . import checkpoint as ckpt
 from .identifier import fill_identifier
 from .losses import LossParts, add_noise, dreambooth_loss, min_snr_weights, noise_target, per_sample_mse, sample_noise
-from .sample import generate, make_grid
+from .sample import generate, make_grid, sampler
 from .setup import Run, setup_run, write_run_files
 from ..data.batches import step_generator
 
@@ -126,7 +126,7 @@ def validate(run: Run, step: int) -> Path:
     seeds = [run.job.train.seed + i for i in range(v.num_validation_images)]
     for m in run.trainable.values():
         m.eval()
-    with run.accelerator.autocast():
+    with run.accelerator.autocast(), sampler(run.model.pipe, v.validation_scheduler):
         images = [im for _, im in generate(run.model.pipe, [prompt] * len(seeds), seeds,
                                            steps=v.validation_inference_steps, guidance_scale=v.validation_guidance_scale,
                                            batch_size=len(seeds), **run.model.sample_kwargs())]
