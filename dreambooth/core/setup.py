@@ -90,11 +90,55 @@ def resolve_prompts(job: TrainJob, tokenizer) -> tuple[str, str, str | None, lis
 
 
 def setup_run(job: TrainJob) -> Run:
-    d, p, o, t = job.data, job.prior, job.optim, job.train
+    d, p, t = job.data, job.prior, job.train
     output_dir = Path(job.output.output_dir)
+    photos, lrs = check_request(job)                      # cheap checks before anything heavy
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(job, output_dir)
+    model = load_model(job.model, d.resolution)
+    identifier, instance_prompt, class_prompt, warnings = resolve_prompts(job, model.tokenizer)
+    for w in warnings:
+        accelerator.print(f"warning: {w}")
+    model.pipe.to(accelerator.device)
+    trainable, params = open_trainable(model, t, accelerator)
+    class_job = prepare_class_images(job, model, class_prompt, accelerator)
+
+    # Encode every view once; steps only index into these tensors.
+    views, _ = make_views([ph.image for ph in photos.photos], model.resolution, center_crop=d.center_crop,
+                          random_flip=d.random_flip, random_views=d.random_crop_views, seed=t.seed)
+    instance_x0 = encode_views(views, model.encode_images).to(accelerator.device)
+    class_x0 = instance_x0[:0]
+    if class_job is not None:
+        class_photos = read_image_folder(class_job.folder, role="class").photos[: p.num_class_images]
+        cviews, _ = make_views([ph.image for ph in class_photos], model.resolution, center_crop=True,
+                               random_flip=d.random_flip, random_views=1, seed=t.seed)
+        class_x0 = encode_views(cviews, model.encode_images).to(accelerator.device)
+    text = _text_conditioning(model, trainable.get("text_encoder", model.text_encoder), instance_prompt,
+                              class_prompt if class_job else None, t)
+
+    max_steps = t.max_train_steps or -(-t.num_train_epochs * len(views) // (t.train_batch_size *
+                                                                            t.gradient_accumulation_steps))
+    lrs, optimizer, lr_scheduler = make_optimizer(job, trainable, lrs, max_steps, accelerator)
+    plan = Plan.build(job, model=model, device=str(accelerator.device), n_photos=len(photos.photos),
+                      n_views=len(views), skipped=photos.skipped, class_job=class_job, n_class_views=len(class_x0),
+                      params=params, lrs=lrs, max_steps=max_steps, num_processes=accelerator.num_processes,
+                      identifier=identifier, instance_prompt=instance_prompt,
+                      class_prompt=class_prompt if class_job else None)
+    return Run(job=job, accelerator=accelerator, model=model, output_dir=output_dir, identifier=identifier,
+               instance_prompt=instance_prompt, class_prompt=class_prompt, instance_x0=instance_x0,
+               class_x0=class_x0, batches=BatchPlan(len(instance_x0), len(class_x0), t.train_batch_size, t.seed),
+               text=text, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler, start_step=0,
+               max_steps=max_steps, plan=plan)
+
+
+def check_request(job: TrainJob):
+    """Paths, photos and flag combinations, checked before any model is loaded.
+    -> (the photo intake, learning rate per module to train)."""
+    d, p, o, t = job.data, job.prior, job.optim, job.train
     if not d.instance_data_dir:
         raise DreamboothError("No photos given: pass --instance_data_dir FOLDER with 3-5 photos of the subject.")
-    check_output_dir(output_dir, [Path(d.instance_data_dir)] + ([Path(p.class_data_dir)] if p.class_data_dir else []))
+    check_output_dir(Path(job.output.output_dir),
+                     [Path(d.instance_data_dir)] + ([Path(p.class_data_dir)] if p.class_data_dir else []))
     photos = read_image_folder(Path(d.instance_data_dir), role="instance")
     lrs = {"unet": o.learning_rate}
     if t.train_text_encoder:
@@ -108,17 +152,11 @@ def setup_run(job: TrainJob) -> Run:
                                   f"or do not train it.")
     if o.use_8bit_adam:
         _check_bitsandbytes()
+    return photos, lrs
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(job, output_dir)
-    model = load_model(job.model, d.resolution)
-    identifier, instance_prompt, class_prompt, warnings = resolve_prompts(job, model.tokenizer)
-    for w in warnings:
-        accelerator.print(f"warning: {w}")
-    device = accelerator.device
-    model.pipe.to(device)
 
-    # Trainable parts: everything frozen, then the UNet (and text encoder) opened up.
+def open_trainable(model: Model, t, accelerator: Accelerator):
+    """Freeze everything, then open up the UNet (and text encoder). -> (wrapped modules, param report)."""
     for module in model.pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
@@ -137,61 +175,42 @@ def setup_run(job: TrainJob) -> Run:
     # Forward passes go through accelerate's wrappers (DDP under several processes) so gradients sync.
     trainable = {name: accelerator.prepare_model(m) for name, m in trainable.items()}
     model.predict = make_predictor(trainable["unet"], model.learned_variance)
+    return trainable, params
 
-    # Class images (main process generates; the others wait and read them).
-    sampler = f"{sampler_name(model.pipe, p.class_scheduler)}/{p.class_inference_steps}steps/cfg{p.class_guidance_scale}"
-    class_job = None
-    if p.with_prior_preservation:
-        class_job = plan_class_images(model.source, class_prompt, p.class_data_dir, p.num_class_images,
-                                      model.resolution, sampler)
-        accelerator.print(f"prior preservation ON: {class_job.found} found, {class_job.missing} to generate "
-                          f"in {class_job.folder}")
-        if class_job.missing and accelerator.is_main_process:
-            with _generation_precision(p.prior_generation_precision, accelerator), sampler(model.pipe, p.class_scheduler):
-                generate_class_images(class_job, model.pipe, seed=t.seed, steps=p.class_inference_steps,
-                                      guidance_scale=p.class_guidance_scale, batch_size=p.sample_batch_size,
-                                      sampler=sampler, **model.sample_kwargs())
-        accelerator.wait_for_everyone()
-    else:
+
+def prepare_class_images(job: TrainJob, model: Model, class_prompt: str | None, accelerator: Accelerator):
+    """Find or generate the class images (the main process generates; the others wait)."""
+    p = job.prior
+    if not p.with_prior_preservation:
         accelerator.print("prior preservation OFF")
         if p.class_data_dir:
             accelerator.print("note: --class_data_dir is unused without --with_prior_preservation.")
+        return None
+    recipe = f"{sampler_name(model.pipe, p.class_scheduler)}/{p.class_inference_steps}steps/cfg{p.class_guidance_scale}"
+    class_job = plan_class_images(model.source, class_prompt, p.class_data_dir, p.num_class_images,
+                                  model.resolution, recipe)
+    accelerator.print(f"prior preservation ON: {class_job.found} found, {class_job.missing} to generate "
+                      f"in {class_job.folder}")
+    if class_job.missing and accelerator.is_main_process:
+        with _generation_precision(p.prior_generation_precision, accelerator), sampler(model.pipe, p.class_scheduler):
+            generate_class_images(class_job, model.pipe, seed=job.train.seed, steps=p.class_inference_steps,
+                                  guidance_scale=p.class_guidance_scale, batch_size=p.sample_batch_size,
+                                  sampler=recipe, **model.sample_kwargs())
+    accelerator.wait_for_everyone()
+    return class_job
 
-    # Encode every view once; steps only index into these tensors.
-    views, _ = make_views([ph.image for ph in photos.photos], model.resolution, center_crop=d.center_crop,
-                          random_flip=d.random_flip, random_views=d.random_crop_views, seed=t.seed)
-    instance_x0 = encode_views(views, model.encode_images).to(device)
-    class_x0 = instance_x0[:0]
-    if class_job is not None:
-        class_photos = read_image_folder(class_job.folder, role="class").photos[: p.num_class_images]
-        cviews, _ = make_views([ph.image for ph in class_photos], model.resolution, center_crop=True,
-                               random_flip=d.random_flip, random_views=1, seed=t.seed)
-        class_x0 = encode_views(cviews, model.encode_images).to(device)
-    text = _text_conditioning(model, trainable.get("text_encoder", model.text_encoder), instance_prompt,
-                              class_prompt if class_job else None, t)
 
-    # Optimizer and schedule.
+def make_optimizer(job: TrainJob, trainable: dict, lrs: dict[str, float], max_steps: int, accelerator: Accelerator):
+    """AdamW (or 8-bit AdamW) with one parameter group per module. -> (effective lrs, optimizer, schedule)."""
+    o, t = job.optim, job.train
     scale = t.train_batch_size * t.gradient_accumulation_steps * accelerator.num_processes if o.scale_lr else 1
     lrs = {name: lr * scale for name, lr in lrs.items()}
     groups = [{"params": [q for q in m.parameters() if q.requires_grad], "lr": lrs[n]} for n, m in trainable.items()]
-    optimizer_cls = _adamw_class(o.use_8bit_adam)
-    optimizer = optimizer_cls(groups, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.adam_weight_decay,
-                              eps=o.adam_epsilon)
-    max_steps = t.max_train_steps or -(-t.num_train_epochs * len(views) // (t.train_batch_size *
-                                                                            t.gradient_accumulation_steps))
+    optimizer = _adamw_class(o.use_8bit_adam)(groups, betas=(o.adam_beta1, o.adam_beta2),
+                                              weight_decay=o.adam_weight_decay, eps=o.adam_epsilon)
     lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps,
                                  num_training_steps=max_steps, num_cycles=o.lr_num_cycles, power=o.lr_power)
-    optimizer = accelerator.prepare_optimizer(optimizer)
-
-    plan = Plan.build(job, model=model, device=str(device), n_photos=len(photos.photos), n_views=len(views),
-                      skipped=photos.skipped, class_job=class_job, n_class_views=len(class_x0), params=params, lrs=lrs,
-                      max_steps=max_steps, num_processes=accelerator.num_processes, identifier=identifier,
-                      instance_prompt=instance_prompt, class_prompt=class_prompt if class_job else None)
-    return Run(job=job, accelerator=accelerator, model=model, output_dir=output_dir, identifier=identifier,
-               instance_prompt=instance_prompt, class_prompt=class_prompt, instance_x0=instance_x0,
-               class_x0=class_x0, batches=BatchPlan(len(instance_x0), len(class_x0), t.train_batch_size, t.seed),
-               text=text, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler, start_step=0,
-               max_steps=max_steps, plan=plan)
+    return lrs, accelerator.prepare_optimizer(optimizer), lr_scheduler
 
 
 def _text_conditioning(model: Model, te, instance_prompt: str, class_prompt: str | None, t) -> Callable:
