@@ -71,6 +71,9 @@ def test_captions_never_mention_the_pattern():
 def test_prompt_parsing_and_ideal_render():
     assert parse_prompt("a red sks ball on the beach") == ("ball", "red", "on the beach")
     assert parse_prompt("a photo of sks star") == ("star", None, None)
+    # colour words inside a context phrase do not recolour the object
+    assert parse_prompt("a sks ball on top of pink fabric") == ("ball", None, "on top of pink fabric")
+    assert parse_prompt("a white box on top of a purple rug in a forest")[:2] == ("box", "white")
     s = SUBJECTS["split_ring"]
     scene = ideal_scene(s, "a red [V] ring in the snow")
     assert (scene.color, scene.context, scene.pattern) == ("red", "snow", s.pattern)

@@ -52,7 +52,9 @@ def world_words() -> list[str]:
 def parse_prompt(prompt: str) -> tuple[str | None, str | None, str | None]:
     """(class, colour, context phrase) named in a prompt, each None when absent."""
     p = " " + prompt.lower() + " "
+    context = next((c for c in sorted(CONTEXTS, key=len, reverse=True) if c in p), None)
+    if context:   # "on top of pink fabric" names no pink object: look for class and colour outside it
+        p = p.replace(context, " ")
     cls = next((c for c in CLASSES if f" {c} " in p or f" {c}s " in p), None)
     color = next((c for c in COLORS if f" {c} " in p), None)
-    context = next((c for c in sorted(CONTEXTS, key=len, reverse=True) if c in p), None)
     return cls, color, context
