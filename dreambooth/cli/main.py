@@ -43,6 +43,10 @@ def cmd_world(ns: argparse.Namespace, unknown: list[str]) -> None:
     elif ns.world_command == "photos":
         paths = w.write_photos(w.get_subject(ns.subject), ns.n, Path(ns.out), seed=ns.seed)
         print(f"wrote {len(paths)} photos of {ns.subject} to {ns.out}")
+    elif ns.world_command == "pretrain":
+        from ..world.pretrain.run import pretrain
+        spent = pretrain(Path(ns.out), stages=tuple(ns.stages), scale=ns.scale, seed=ns.seed)
+        print("seconds per stage:", spent)
     elif ns.world_command == "ideal":
         from PIL import Image
         from ..world.render import render
@@ -97,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     ideal.add_argument("-n", type=int, default=4)
     ideal.add_argument("--out", default="ideal.png")
     ideal.add_argument("--seed", type=int, default=0)
+    pre = wsub.add_parser("pretrain", help="rebuild the world's models from seeds (resumable: rerun to continue)")
+    pre.add_argument("--out", required=True)
+    pre.add_argument("--scale", choices=["full", "toy"], default="full",
+                     help="full: the shipped models (the diffusion stages need a GPU); toy: a smoke test")
+    pre.add_argument("--stages", nargs="+", default=["tokenizer", "clip", "instance", "base", "sr"],
+                     choices=["tokenizer", "clip", "instance", "base", "sr"])
+    pre.add_argument("--seed", type=int, default=0)
     world.set_defaults(func=cmd_world)
     return parser
 
