@@ -175,27 +175,36 @@ _SD_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+def _tiny_clip_text(out_dir: Path, seed: int, **config):
+    """(CLIP tokenizer saved under out_dir/tokenizer, random CLIPTextModel)."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(build_clip_tokenizer(out_dir / "tokenizer"))
+    config = config or _SD_SIZES["tiny"]["text"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **config))
+    return tokenizer, text_encoder
+
+
 def build_tiny_sd(out_dir: Path, *, size: str = "tiny", prediction_type: str = "epsilon",
                   seed: int = 0) -> Path:
     """Save a random-weight StableDiffusionPipeline folder ('tiny' or 'bench')."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     if size not in _SD_SIZES:
         raise ValueError(f"size must be one of {sorted(_SD_SIZES)}, got {size!r}")
     cfg = _SD_SIZES[size]
     out_dir = Path(out_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(build_clip_tokenizer(out_dir / "tokenizer"))
+    tokenizer, text_encoder = _tiny_clip_text(out_dir, seed, **cfg["text"])
     hidden = cfg["text"]["hidden_size"]
     # Forked RNG: deterministic weights without disturbing the caller's random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, **cfg["text"],
-        ))
         n_vae = len(cfg["vae"]["block_out_channels"])
         vae = AutoencoderKL(
             in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
@@ -231,43 +240,106 @@ def _t5_tokenizer(words: Sequence[str], freqs: dict[str, int]) -> Any:
     return T5TokenizerFast(vocab=pieces, extra_ids=100, model_max_length=77)
 
 
-def build_tiny_if(out_dir: Path, *, seed: int = 0) -> Path:
-    """Save a random-weight DeepFloyd IF stage-I IFPipeline folder (32 px, pixel space)."""
+def _tiny_t5(seed: int):
+    """(tokenizer, T5 v1.1-style encoder) as IF uses, tiny."""
     import torch
-    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
     from transformers import T5Config, T5EncoderModel
 
-    out_dir = Path(out_dir)
     freqs, rare = tokenizer_corpus()
     tokenizer = _t5_tokenizer(list(freqs) + rare, freqs)
-    d_model = 32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         # T5 v1.1 flavour (as t5-v1_1-xxl used by IF): gated-GELU FFN, untied embeddings.
         text_encoder = T5EncoderModel(T5Config(
-            vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            vocab_size=len(tokenizer), d_model=_T5_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
             relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         ))
-        # IF-I block types, attention pooling of the text ("text" addition embedding), learned variance.
-        unet = UNet2DConditionModel(
-            sample_size=32, in_channels=3, out_channels=6, layers_per_block=1,
-            block_out_channels=(16, 32), norm_num_groups=8,
+    return tokenizer, text_encoder
+
+
+_T5_DIM = 32
+
+
+def _if_unet(seed: int, **kw):
+    """IF block types, attention pooling of the text ("text" addition embedding), learned variance."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DConditionModel(
+            out_channels=6, layers_per_block=1, block_out_channels=(16, 32), norm_num_groups=8,
             down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
             mid_block_type="UNetMidBlock2DSimpleCrossAttn",
             up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-            cross_attention_dim=32, encoder_hid_dim=d_model, attention_head_dim=8,
+            cross_attention_dim=32, encoder_hid_dim=_T5_DIM, attention_head_dim=8,
             addition_embed_type="text", addition_embed_type_num_heads=2,
-            cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu",
+            cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu", **kw,
         )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", beta_start=0.0001, beta_end=0.02,
-        variance_type="learned_range", prediction_type="epsilon", thresholding=True,
-        dynamic_thresholding_ratio=0.95, sample_max_value=1.5, clip_sample=True,
-    )
-    pipe = IFPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False,
-    )
+
+
+def _if_scheduler(**kw):
+    from diffusers import DDPMScheduler
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", beta_start=0.0001,
+                         beta_end=0.02, prediction_type="epsilon", clip_sample=True, **kw)
+
+
+_IF_SAFETY = dict(safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
+
+
+def build_tiny_if(out_dir: Path, *, seed: int = 0) -> Path:
+    """Save a random-weight DeepFloyd IF stage-I IFPipeline folder (32 px, pixel space)."""
+    from diffusers import IFPipeline
+
+    tokenizer, text_encoder = _tiny_t5(seed)
+    scheduler = _if_scheduler(variance_type="learned_range", thresholding=True, dynamic_thresholding_ratio=0.95,
+                              sample_max_value=1.5)
+    pipe = IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=_if_unet(seed, sample_size=32, in_channels=3),
+                      scheduler=scheduler, **_IF_SAFETY)
+    pipe.save_pretrained(Path(out_dir), safe_serialization=True)
+    return Path(out_dir)
+
+
+def build_tiny_if_sr(out_dir: Path, *, seed: int = 0) -> Path:
+    """Save a random-weight DeepFloyd IF stage-II IFSuperResolutionPipeline folder: 16 -> 64 px (4x, as
+    IF's 64 -> 256), input = noisy image + upsampled noise-augmented low-res image, level as class label."""
+    from diffusers import IFSuperResolutionPipeline
+
+    tokenizer, text_encoder = _tiny_t5(seed)
+    unet = _if_unet(seed, sample_size=64, in_channels=6, class_embed_type="timestep")
+    pipe = IFSuperResolutionPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
+        scheduler=_if_scheduler(variance_type="learned_range"), image_noising_scheduler=_if_scheduler(), **_IF_SAFETY)
+    pipe.save_pretrained(Path(out_dir), safe_serialization=True)
+    return Path(out_dir)
+
+
+def build_tiny_sd_upscaler(out_dir: Path, *, seed: int = 0) -> Path:
+    """Save a random-weight StableDiffusionUpscalePipeline folder (the SD x4 upscaler layout): VAE /4,
+    UNet input = 4 latent + 3 low-res pixel channels at latent size, noise level as class label
+    (num_class_embeds), its own low_res_scheduler. 16 px in -> 64 px out."""
+    import torch
+    from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline,
+                           UNet2DConditionModel)
+
+    out_dir = Path(out_dir)
+    tokenizer, text_encoder = _tiny_clip_text(out_dir, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                            block_out_channels=(16, 32, 32), norm_num_groups=8, scaling_factor=0.08333,
+                            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=7, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+            norm_num_groups=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=text_encoder.config.hidden_size,
+            attention_head_dim=8, num_class_embeds=1000)
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        low_res_scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear"),
+        scheduler=DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0001,
+                                beta_end=0.02, prediction_type="v_prediction", clip_sample=False),
+        max_noise_level=350)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 from transformers import AutoTokenizer, CLIPTokenizer, CLIPTokenizerFast, T5TokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -202,3 +203,18 @@ def test_tiny_if_t5_tokenizer_reloads(if_dir: Path) -> None:
     ids = fast("a photo of sks dog").input_ids
     assert len(ids) == 6 and ids[-1] == fast.eos_token_id and fast.unk_token_id not in ids
     assert fast.decode(ids, skip_special_tokens=True) == "a photo of sks dog"
+
+
+@pytest.mark.parametrize("builder, cls", [("build_tiny_if_sr", "IFSuperResolutionPipeline"),
+                                          ("build_tiny_sd_upscaler", "StableDiffusionUpscalePipeline")])
+def test_super_resolution_layouts_upscale_4x(builder, cls, tmp_path):
+    import dreambooth.tiny as tiny
+    out = getattr(tiny, builder)(tmp_path / builder)
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert type(pipe).__name__ == cls
+    assert not [p for p in out.rglob("*") if p.suffix in {".bin", ".pt", ".pkl"}]
+    low = torch.rand(1, 3, 16, 16)
+    kwargs = {"clean_caption": False} if cls.startswith("IF") else {}
+    images = pipe(image=low * 2 - 1 if cls.startswith("IF") else low, prompt="a dog", num_inference_steps=2,
+                  output_type="np", generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
