@@ -112,6 +112,18 @@ class TrainConfig:
 
 
 @dataclass
+class SuperResConfig:
+    lowres_resolution: int | None = opt(None, "Super-resolution models: size of the low-res input made from each "
+                                              "photo (default: output/4, the latent size for the x4 upscaler, or "
+                                              "what a micro-world SR folder declares).")
+    sr_noise_level: int | None = opt(None, "Super-resolution models: fixed noise-augmentation level of the low-res "
+                                           "input (default: drawn per image from [0, sr_max_noise_level)).")
+    sr_max_noise_level: int = opt(250, "Super-resolution models: upper end of the drawn augmentation levels "
+                                       "(clamped to the pipeline's own maximum). 250 is IF stage II's inference "
+                                       "default; not yet tuned by measurement.")
+
+
+@dataclass
 class CheckpointConfig:
     checkpointing_steps: int = opt(500, "Save a resumable checkpoint every N steps.")
     checkpoints_total_limit: int | None = opt(None, "Keep at most this many checkpoints (oldest removed).")
@@ -143,6 +155,7 @@ class TrainJob:
     prior: PriorConfig = field(default_factory=PriorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    superres: SuperResConfig = field(default_factory=SuperResConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -32,9 +32,10 @@ class Model:
     resolution: int                  # native image size in pixels
     latent: bool                     # VAE latent model (SD) vs pixel-space (IF, micro world)
     encode_images: Callable[[Tensor], Tensor]       # (B,3,H,W) in [-1,1] -> x0 (B,C,h,w)
-    predict: Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, t, text) -> model target estimate
+    predict: Callable[..., Tensor]   # (x_t, t, text, **extras) -> model target estimate
     use_attention_mask: bool         # whether the pipeline passes the padding mask to the text encoder
     learned_variance: bool           # UNet predicts [target, variance] (DeepFloyd IF)
+    sr: "SuperResolution | None" = None   # set for super-resolution models (low-res image conditioning)
 
     @property
     def unet(self):
@@ -60,7 +61,7 @@ class Model:
         """Arguments every pipeline call needs for this family (IF cleans captions with extra
         packages unless told not to)."""
         params = inspect.signature(self.pipe.__call__).parameters
-        kwargs = {"height": self.resolution, "width": self.resolution}
+        kwargs = {} if self.sr else {"height": self.resolution, "width": self.resolution}
         if "clean_caption" in params:
             kwargs["clean_caption"] = False
         return kwargs
@@ -75,17 +76,21 @@ def load_model(cfg: ModelConfig, resolution: int | None = None) -> Model:
                                   "DeepFloyd IF stage I, or a micro-world model).")
     vae = getattr(pipe, "vae", None)
     unet = pipe.unet
-    native = unet.config.sample_size * (pipe.vae_scale_factor if vae is not None else 1)
+    native = int(unet.config.sample_size * (pipe.vae_scale_factor if vae is not None else 1))
+    x0_channels = vae.config.latent_channels if vae is not None else 3
+    learned_variance = unet.config.out_channels == 2 * x0_channels
+    sr = _super_resolution(pipe, cfg, resolution or native)
     return Model(
         pipe=pipe,
         source=cfg.pretrained_model_name_or_path,
         noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
-        resolution=resolution or int(native),
+        resolution=resolution or native,
         latent=vae is not None,
         encode_images=_vae_encoder(vae) if vae is not None else _pixels,
-        predict=make_predictor(unet, learned_variance=unet.config.out_channels == 2 * unet.config.in_channels),
+        predict=make_predictor(unet, learned_variance, sr),
         use_attention_mask=_pipeline_uses_mask(pipe),
-        learned_variance=unet.config.out_channels == 2 * unet.config.in_channels,
+        learned_variance=learned_variance,
+        sr=sr,
     )
 
 
@@ -152,14 +157,51 @@ def _vae_encoder(vae) -> Callable[[Tensor], Tensor]:
     return encode
 
 
-def make_predictor(unet, learned_variance: bool) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """`unet` may be a DDP wrapper (no .config), hence the flag is passed in.
-    Learned-variance UNets (IF) output [prediction, variance] along channels; the loss uses the first half."""
+def make_predictor(unet, learned_variance: bool, sr: "SuperResolution | None" = None) -> Callable[..., Tensor]:
+    """`unet` may be a DDP wrapper (no .config), hence the flags are passed in.
+    Learned-variance UNets (IF) output [prediction, variance] along channels; the loss uses the first half.
+    Super-resolution UNets also see the noise-augmented low-res image, its noise level as class label."""
 
-    def predict(x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
-        out = unet(x_t, t, encoder_hidden_states=text, return_dict=False)[0]
+    def predict(x_t: Tensor, t: Tensor, text: Tensor, **extras) -> Tensor:
+        x_in, labels = (x_t, None) if sr is None else sr.condition(x_t, **extras)
+        out = unet(x_in, t, encoder_hidden_states=text, class_labels=labels, return_dict=False)[0]
         return out[:, : x_t.shape[1]] if learned_variance else out
     return predict
+
+
+@dataclass
+class SuperResolution:
+    """What a cascaded SR model adds: its low-res input, built as its pipeline builds it at inference."""
+    lowres: int                      # low-res input size in pixels
+    noising_alphas: Tensor           # alphas_cumprod of the pipeline's image-noising scheduler
+    max_level: int                   # augmentation levels are drawn from [0, max_level)
+    fixed_level: int | None          # or always this level
+
+    def condition(self, x_t: Tensor, low: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """-> ([x_t ; upsampled noised low-res] along channels, level per sample)."""
+        from ..superres.conditioning import lowres_condition
+        b = x_t.shape[0]
+        level = (torch.full((b,), self.fixed_level) if self.fixed_level is not None
+                 else torch.randint(0, self.max_level, (b,), generator=gen))
+        # drawn at the upsampled size, as the pipeline draws it
+        noise = torch.randn((b, low.shape[1], *x_t.shape[-2:]), generator=gen).to(low.device, low.dtype)
+        cond = lowres_condition(low, x_t.shape[-1], noise, level.to(low.device), self.noising_alphas.to(low.device))
+        return torch.cat([x_t, cond.to(x_t.dtype)], dim=1), level.to(x_t.device)
+
+
+def _super_resolution(pipe, cfg: ModelConfig, resolution: int) -> SuperResolution | None:
+    """IF stage II keeps its noising schedule in `image_noising_scheduler`, the SD x4 upscaler in
+    `low_res_scheduler`; a pipeline with neither is a base model."""
+    noising = getattr(pipe, "image_noising_scheduler", None) or getattr(pipe, "low_res_scheduler", None)
+    if noising is None:
+        return None
+    hint = Path(cfg.pretrained_model_name_or_path) / "dreambooth_sr.json"   # written by our own SR models
+    latent = getattr(pipe, "vae", None) is not None
+    default_low = json.loads(hint.read_text())["lowres_resolution"] if hint.exists() else resolution // 4
+    # The x4 upscaler's low-res image sits at latent size; IF stage II upsamples it to the output size.
+    max_level = getattr(pipe.config, "max_noise_level", None) or noising.config.num_train_timesteps
+    return SuperResolution(lowres=default_low if not latent else resolution // pipe.vae_scale_factor,
+                           noising_alphas=noising.alphas_cumprod, max_level=int(max_level), fixed_level=None)
 
 
 def tokenize(tokenizer, prompts: list[str], max_length: int | None = None) -> tuple[Tensor, Tensor]:

@@ -37,7 +37,8 @@ class Plan:
             prior = (f"ON: {class_job.wanted} class images ({class_job.found} found, {class_job.generated} generated) "
                      f"in {class_job.folder}, weight {job.prior.prior_loss_weight}")
         return cls(
-            model=str(model.source), model_kind="latent (VAE)" if model.latent else "pixel-space",
+            model=str(model.source), model_kind=("latent (VAE)" if model.latent else "pixel-space")
+            + (f" super-resolution from {model.sr.lowres}px" if model.sr else ""),
             resolution=model.resolution, device=device, precision=t.mixed_precision, identifier=identifier,
             instance_prompt=instance_prompt, class_prompt=class_prompt, instance_photos=n_photos,
             instance_views=n_views, skipped=[f"{p.name} ({why})" for p, why in skipped], prior_preservation=prior,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from PIL import Image
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from diffusers.optimization import get_scheduler
@@ -22,7 +23,7 @@ from diffusers.optimization import get_scheduler
 from ..config import TrainJob
 from ..data.batches import BatchPlan, encode_views, make_views
 from ..data.class_images import generate_class_images, plan_class_images
-from ..data.intake import check_output_dir, read_image_folder
+from ..data.intake import check_output_dir, read_image_folder, to_tensor
 from ..errors import DreamboothError
 from . import identifier as ident
 from .models import Model, encode_text, load_model, make_predictor, parameter_report, tokenize
@@ -43,6 +44,8 @@ class Run:
     class_prompt: str | None
     instance_x0: Tensor                   # (N_views, C, h, w) encoded instance views, on device
     class_x0: Tensor                      # (M_views, C, h, w) encoded class views (M may be 0)
+    extras: Callable[[list[int], list[int], torch.Generator], dict]   # what else the UNet sees (SR: low-res)
+    sample_inputs: dict                   # extra pipeline inputs for validation (SR: a low-res photo)
     batches: BatchPlan
     text: Callable[[int, int], Tensor]    # (n_instance, n_class) -> (B, L, D) conditioning
     trainable: dict[str, torch.nn.Module]
@@ -100,6 +103,7 @@ def setup_run(job: TrainJob) -> Run:
     for w in warnings:
         accelerator.print(f"warning: {w}")
     model.pipe.to(accelerator.device)
+    configure_super_resolution(model, job)
     trainable, params = open_trainable(model, t, accelerator)
     class_job = prepare_class_images(job, model, class_prompt, accelerator)
 
@@ -107,12 +111,15 @@ def setup_run(job: TrainJob) -> Run:
     views, _ = make_views([ph.image for ph in photos.photos], model.resolution, center_crop=d.center_crop,
                           random_flip=d.random_flip, random_views=d.random_crop_views, seed=t.seed)
     instance_x0 = encode_views(views, model.encode_images).to(accelerator.device)
-    class_x0 = instance_x0[:0]
+    class_x0, cviews = instance_x0[:0], []
     if class_job is not None:
         class_photos = read_image_folder(class_job.folder, role="class").photos[: p.num_class_images]
         cviews, _ = make_views([ph.image for ph in class_photos], model.resolution, center_crop=True,
                                random_flip=d.random_flip, random_views=1, seed=t.seed)
         class_x0 = encode_views(cviews, model.encode_images).to(accelerator.device)
+    extras = _extras(model, views, cviews, accelerator.device)
+    # SR validation upsamples the first photo's low-res view, as a base model's sample would be upsampled.
+    sample_inputs = {} if model.sr is None else {"image": [views[0].resize((model.sr.lowres,) * 2, Image.BOX)]}
     text = _text_conditioning(model, trainable.get("text_encoder", model.text_encoder), instance_prompt,
                               class_prompt if class_job else None, t)
 
@@ -126,9 +133,33 @@ def setup_run(job: TrainJob) -> Run:
                       class_prompt=class_prompt if class_job else None)
     return Run(job=job, accelerator=accelerator, model=model, output_dir=output_dir, identifier=identifier,
                instance_prompt=instance_prompt, class_prompt=class_prompt, instance_x0=instance_x0,
-               class_x0=class_x0, batches=BatchPlan(len(instance_x0), len(class_x0), t.train_batch_size, t.seed),
+               class_x0=class_x0, extras=extras, sample_inputs=sample_inputs, batches=BatchPlan(len(instance_x0), len(class_x0), t.train_batch_size, t.seed),
                text=text, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler, start_step=0,
                max_steps=max_steps, plan=plan)
+
+
+def configure_super_resolution(model: Model, job: TrainJob) -> None:
+    """Apply the SR settings to a super-resolution model (nothing to do for base models)."""
+    if model.sr is None:
+        return
+    s = job.superres
+    model.sr.lowres = s.lowres_resolution or model.sr.lowres
+    model.sr.fixed_level = s.sr_noise_level
+    model.sr.max_level = min(s.sr_max_noise_level, model.sr.max_level)
+    model.predict = make_predictor(model.unet, model.learned_variance, model.sr)
+
+
+def _extras(model: Model, views, class_views, device) -> Callable:
+    """Per-batch inputs beyond (x_t, t, text): for SR models, the low-res version of each view,
+    made once here like the latents (box filter, as the base model's images are made)."""
+    if model.sr is None:
+        return lambda inst, cls, gen: {}
+    from ..superres.conditioning import downsample
+    low = torch.cat([downsample(torch.stack([to_tensor(v) for v in vs]), model.sr.lowres)
+                     for vs in (views, class_views) if vs]).to(device)      # (N + M, 3, l, l)
+    n = len(views)
+    return lambda inst, cls, gen: {"low": low[torch.tensor(inst + [n + i for i in cls], dtype=torch.long)],
+                                   "gen": gen}
 
 
 def check_request(job: TrainJob):
@@ -174,7 +205,7 @@ def open_trainable(model: Model, t, accelerator: Accelerator):
             raise DreamboothError(f"The {name} was asked to train but has 0 trainable parameters.")
     # Forward passes go through accelerate's wrappers (DDP under several processes) so gradients sync.
     trainable = {name: accelerator.prepare_model(m) for name, m in trainable.items()}
-    model.predict = make_predictor(trainable["unet"], model.learned_variance)
+    model.predict = make_predictor(trainable["unet"], model.learned_variance, model.sr)
     return trainable, params
 
 

@@ -67,7 +67,7 @@ def compute_loss(run: Run, micro_step: int) -> LossParts:
     gen = step_generator(run.job.train.seed, micro_step, run.accelerator.process_index)
     noise = sample_noise(x0.shape, gen, offset=run.job.train.offset_noise).to(x0.device)
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
-    pred = run.model.predict(add_noise(x0, noise, t, alphas), t, cond)
+    pred = run.model.predict(add_noise(x0, noise, t, alphas), t, cond, **run.extras(inst, cls, gen))
     target = noise_target(run.model.prediction_type, x0, noise, t, alphas)
     gamma = run.job.train.snr_gamma
     weights = min_snr_weights(t, alphas, gamma, run.model.prediction_type) if gamma else None
@@ -127,9 +127,11 @@ def validate(run: Run, step: int) -> Path:
     for m in run.trainable.values():
         m.eval()
     with run.accelerator.autocast(), sampler(run.model.pipe, v.validation_scheduler):
+        # one image per call when the pipeline takes an input image (SR): its batch must match the prompts
+        batch = 1 if run.sample_inputs else len(seeds)
         images = [im for _, im in generate(run.model.pipe, [prompt] * len(seeds), seeds,
                                            steps=v.validation_inference_steps, guidance_scale=v.validation_guidance_scale,
-                                           batch_size=len(seeds), **run.model.sample_kwargs())]
+                                           batch_size=batch, **run.model.sample_kwargs(), **run.sample_inputs)]
     for m in run.trainable.values():
         m.train()
     folder = run.output_dir / "validation"

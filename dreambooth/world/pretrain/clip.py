@@ -1,0 +1,165 @@
+"""micro-CLIP: a small transformers CLIPModel trained contrastively on (render, caption) pairs.
+
+Its text tower doubles as the frozen text encoder of the micro world's base diffusion model, so the
+text side keeps hidden size 128 (the base model's cross-attention width) and is also written alone
+as a CLIPTextModel folder. Its image side judges text-image agreement of generated samples,
+including 32-px base-model samples, hence the 64 -> 32 -> 64 augmentation during training.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
+
+from ..encoders import clip_image_features, clip_text_features, fix_articles, load_world_clip, to_64, zero_shot
+from ..vocab import CLASSES, COLORS, parse_prompt
+from .common import Log, down_up, is_complete, multi_positive_nce, save_model_atomic, step_generator, train_loop
+from .data import CONTEXT_PHRASES, RenderCache, render_batch, sample
+
+# Evaluation draws from its own stream, so gate figures are never measured on training renders.
+HELDOUT_STREAM = 1_000_000_007
+
+# Zero-shot templates (reported with the gates). Colour and context are asked through a prompt
+# ensemble over the six classes: every training caption names its class, so "a red ball" is
+# in-distribution where a class-less "a red object" ("object" is not even a world word) is not.
+CLASS_TEMPLATE = "a photo of a {}"
+COLOR_TEMPLATES = tuple(f"a photo of a {{}} {c}" for c in CLASSES)
+CONTEXT_TEMPLATES = tuple(f"a photo of a {c} {{}}" for c in CLASSES)
+
+
+def build_clip(tokenizer: CLIPTokenizer) -> CLIPModel:
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                          num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+    # The vision MLP is 2x (not 4x) wide: the world's images need little capacity, and it keeps the
+    # folder near 6 MB and a training step near a second on two CPU threads.
+    vision = CLIPVisionConfig(image_size=64, patch_size=8, hidden_size=128, intermediate_size=256,
+                              num_hidden_layers=4, num_attention_heads=4)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=128))
+
+
+def caption_matches(image_attrs: torch.Tensor, caption_attrs: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool: caption j describes image i, i.e. every attribute it names agrees.
+
+    image_attrs (B, 3) = (class, colour, context) indices; caption_attrs the same with -1 where the
+    caption leaves the attribute out ("a ball" matches any ball)."""
+    img, cap = image_attrs[:, None, :], caption_attrs[None, :, :]
+    return ((cap == img) | (cap < 0)).all(-1)
+
+
+def _caption_attrs(text: str) -> tuple[int, int, int]:
+    _, _, phrase = parse_prompt(text)
+    # the context phrase goes first: "... a white box on top of a purple rug" names no purple object
+    cls, color, _ = parse_prompt(text.replace(phrase, " ") if phrase else text)
+    return (CLASSES.index(cls) if cls else -1, list(COLORS).index(color) if color else -1,
+            CONTEXT_PHRASES.index(phrase) if phrase else -1)
+
+
+_WORDS: tuple[Sequence[str], ...] = (CLASSES, list(COLORS), CONTEXT_PHRASES)
+
+
+def swap_attribute(text: str, attrs: Sequence[int], rng: random.Random) -> tuple[str, tuple[int, ...]]:
+    """A hard-negative caption (NegCLIP): `text` with one attribute it names replaced by another value.
+
+    Why: in a random batch almost no caption shares an image's colour and context yet names another
+    class, so plain CLIP negatives barely ask for shape, which a small ViT then learns last (colour
+    and backdrop are one patch away). The class is swapped half the time, else colour or context."""
+    named = [k for k in (1, 2) if attrs[k] >= 0]
+    k = 0 if not named or rng.random() < 0.5 else rng.choice(named)
+    words = _WORDS[k]
+    new = rng.choice([i for i in range(len(words)) if i != attrs[k]])
+    out = list(attrs)
+    out[k] = new
+    return fix_articles(re.sub(rf"\b{words[attrs[k]]}\b", words[new], text, count=1)), tuple(out)
+
+
+def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: int = 128, seed: int = 0,
+               cache_size: int = 20000, log: Log = print, lr: float = 1e-3, ckpt_every: int = 200,
+               log_every: int = 50) -> Path:
+    """Train micro-CLIP into out_dir/clip (CLIPModel) and out_dir/text_encoder (CLIPTextModel).
+
+    Checkpoints every `ckpt_every` steps into out_dir/.clip-ckpt and resumes from there; returns at
+    once when out_dir/clip is already complete."""
+    out_dir = Path(out_dir)
+    final = out_dir / "clip"
+    if is_complete(final):
+        return final
+    t0 = time.time()
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)                     # initial weights (overwritten when resuming)
+    model = build_clip(tokenizer)
+    cache = RenderCache(seed, 64, cache_size)
+    log(f"micro-CLIP: rendered {cache_size} training images in {time.time() - t0:.0f}s")
+    captions = [s.caption for s in cache.samples]
+    image_attrs = torch.tensor([(s.cls, s.color, s.context) for s in cache.samples])
+    caption_attrs = [_caption_attrs(c) for c in captions]
+    batch_size = min(batch_size, cache_size)
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        # CLIP's own guard: a temperature below 1/100 makes the logits too sharp to train
+        model.logit_scale.data.clamp_(max=math.log(100))
+        gen = step_generator(seed, step)
+        idx = torch.randperm(len(cache), generator=gen)[:batch_size].tolist()
+        images = down_up(cache.batch(idx), 0.3, gen)
+        flip = torch.rand(batch_size, generator=gen) < 0.5     # captions never say left or right
+        images[flip] = images[flip].flip(-1)
+        rng = random.Random(f"clip-negatives/{seed}/{step}")
+        negatives = [swap_attribute(captions[i], caption_attrs[i], rng) for i in idx]
+        texts = [captions[i] for i in idx] + [t for t, _ in negatives]
+        text_attrs = torch.tensor([caption_attrs[i] for i in idx] + [a for _, a in negatives])
+        enc = tokenizer(texts, padding=True, return_tensors="pt")
+        img = clip_image_features(model, images)
+        txt = clip_text_features(model, enc.input_ids, enc.attention_mask)
+        logits = model.logit_scale.exp() * img @ txt.T                         # (B, 2B)
+        positive = caption_matches(image_attrs[idx], text_attrs)
+        # image -> text sees the hard negatives; text -> image uses the real captions only
+        loss = (multi_positive_nce(logits, positive)
+                + multi_positive_nce(logits[:, :batch_size].T, positive[:, :batch_size].T)) / 2
+        acc = (positive[torch.arange(batch_size), logits.argmax(1)]).float().mean()
+        return loss, {"loss": loss.item(), "i2t_acc": acc.item(), "scale": model.logit_scale.exp().item()}
+
+    info = train_loop(model, loss_fn, steps=steps, ckpt_dir=out_dir / ".clip-ckpt", lr=lr, warmup=min(100, steps // 10 + 1),
+                      ckpt_every=ckpt_every, log_every=log_every, log=log)
+    info.update(seed=seed, batch_size=batch_size, cache_size=cache_size, seconds_total_this_run=round(time.time() - t0, 1))
+    # text_encoder first: `clip/` being complete is the stage's done-marker
+    save_model_atomic(model.text_model, out_dir / "text_encoder")
+    save_model_atomic(model, final, info)
+    shutil.rmtree(out_dir / ".clip-ckpt", ignore_errors=True)     # the finished folder supersedes it
+    log(f"micro-CLIP saved to {final} ({time.time() - t0:.0f}s)")
+    return final
+
+
+def heldout_set(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n renders from the held-out stream -> (images (n, 3, 64, 64) in [-1, 1], attrs (n, 3))."""
+    samples = [sample(HELDOUT_STREAM, i) for i in range(n)]
+    return render_batch(samples), torch.tensor([(s.cls, s.color, s.context) for s in samples])
+
+
+def zero_shot_accuracy(model: CLIPModel, tokenizer: Any, images: torch.Tensor, attrs: torch.Tensor) -> dict[str, float]:
+    tasks: Sequence[tuple[str, list[str], Any]] = (("class", list(CLASSES), CLASS_TEMPLATE),
+                                                    ("color", list(COLORS), COLOR_TEMPLATES),
+                                                    ("context", CONTEXT_PHRASES, CONTEXT_TEMPLATES))
+    return {name: (zero_shot(model, tokenizer, images, labels, tpl) == attrs[:, k]).float().mean().item()
+            for k, (name, labels, tpl) in enumerate(tasks)}
+
+
+def clip_gates(out_dir: Path, tokenizer_dir: Path, n: int = 720) -> dict[str, float]:
+    """Zero-shot accuracy on n held-out renders for class, colour and context (gate: >= 0.95 each at
+    64 px); also reported for the same renders box-downsampled to 32 px (base-model resolution)."""
+    model = load_world_clip(Path(out_dir) / "clip")
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    images, attrs = heldout_set(n)
+    small = to_64(torch.nn.functional.avg_pool2d(images, 2))
+    out = {f"clip/{k}": v for k, v in zero_shot_accuracy(model, tokenizer, images, attrs).items()}
+    out.update({f"clip/{k}@32": v for k, v in zero_shot_accuracy(model, tokenizer, small, attrs).items()})
+    return out
