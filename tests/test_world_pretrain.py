@@ -55,6 +55,11 @@ def test_cascade_runs_through_diffusers_if_pipelines(text_parts, tmp_path):
     high = sr(image=low, prompt="a red ball on the beach", num_inference_steps=2, noise_level=100, output_type="pt",
               clean_caption=False, generator=g).images
     assert low.shape == (1, 3, 32, 32) and high.shape == (1, 3, 64, 64) and torch.isfinite(high).all()
+    # the world's SR model fine-tunes with 32 px inputs (2x), through the same loader
+    from dreambooth.config import ModelConfig
+    from dreambooth.core.models import load_model
+    model = load_model(ModelConfig(pretrained_model_name_or_path=str(tmp_path / "sr")))
+    assert model.sr.lowres == 32 and model.resolution == 64 and not model.latent
 
 
 def test_lowres_condition_is_the_degraded_image_not_the_target():

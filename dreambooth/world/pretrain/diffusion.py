@@ -157,3 +157,5 @@ def _save_pipeline(run: DiffusionRun, unet, tokenizer, text_encoder, folder: Pat
     else:
         pipe = IFPipeline(**common)
     pipe.save_pretrained(folder, safe_serialization=True)
+    if run.kind == "sr":   # the fine-tuner reads the low-res size from here (IF stage II itself is 4x)
+        (folder / "dreambooth_sr.json").write_text(json.dumps({"lowres_resolution": 32}))
