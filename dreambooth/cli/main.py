@@ -22,7 +22,7 @@ def cmd_generate(ns: argparse.Namespace, unknown: list[str]) -> None:
     _no_unknown(unknown)
     from ..core.generate import generate_grid
     path = generate_grid(ns.model, ns.prompt, n=ns.n, out=Path(ns.out), seed=ns.seed, steps=ns.steps,
-                         guidance_scale=ns.guidance_scale, resolution=ns.resolution)
+                         guidance_scale=ns.guidance_scale, resolution=ns.resolution, scheduler=ns.scheduler)
     print(f"wrote {path}")
 
 
@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=25, help="sampler steps")
     gen.add_argument("--guidance-scale", "--guidance_scale", type=float, default=7.5, help="classifier-free guidance")
     gen.add_argument("--resolution", type=int, default=None, help="image size (default: the model's)")
+    from ..config import SAMPLERS
+    gen.add_argument("--scheduler", choices=SAMPLERS, default="DPMSolverMultistepScheduler",
+                     help="sampler built from the model's scheduler config ('model': the model's own)")
     gen.set_defaults(func=cmd_generate)
 
     tiny = sub.add_parser("tiny-model", help="write a small random-weight model of a real architecture "
