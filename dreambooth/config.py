@@ -64,8 +64,7 @@ class PriorConfig:
     class_prompt: str | None = opt(None, "Prompt for class images. Default: 'a photo of <class_name>'.")
     num_class_images: int = opt(100, "How many class images prior preservation uses (generated if fewer exist).")
     prior_loss_weight: float = opt(1.0, "Weight of the prior-preservation loss.")
-    sample_batch_size: int = opt(8, "Batch size for generating class images (doubled by guidance). Larger "
-                                    "batches sample faster per image, on CPUs too; lower it if memory is short.")
+    sample_batch_size: int = opt(4, "Batch size for generating class images (doubled by guidance).")
     class_inference_steps: int = opt(25, "Sampler steps per generated class image.")
     class_scheduler: str = opt("DPMSolverMultistepScheduler", "Sampler for class images: a diffusers scheduler "
                                "class built from the model's scheduler config, or 'model' for the model's own.",

@@ -69,6 +69,9 @@ class Model:
 
 def load_model(cfg: ModelConfig, resolution: int | None = None) -> Model:
     pipe = load_pipeline(cfg)
+    for module in pipe.components.values():   # inference state until the trainer opens what it trains
+        if isinstance(module, torch.nn.Module):
+            module.eval().requires_grad_(False)
     for name in ("unet", "text_encoder", "tokenizer", "scheduler"):
         if getattr(pipe, name, None) is None:
             raise DreamboothError(f"The model at {cfg.pretrained_model_name_or_path} has no '{name}' component; "

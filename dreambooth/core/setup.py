@@ -104,8 +104,10 @@ def setup_run(job: TrainJob) -> Run:
         accelerator.print(f"warning: {w}")
     model.pipe.to(accelerator.device)
     configure_super_resolution(model, job)
-    trainable, params = open_trainable(model, t, accelerator)
+    # Class images first: they are samples of the untouched base model, drawn in eval mode
+    # (a UNet in train mode with gradients enabled sampled ~37% slower here).
     class_job = prepare_class_images(job, model, class_prompt, accelerator)
+    trainable, params = open_trainable(model, t, accelerator)
 
     # Encode every view once; steps only index into these tensors.
     views, _ = make_views([ph.image for ph in photos.photos], model.resolution, center_crop=d.center_crop,

@@ -83,8 +83,15 @@ def swap_attribute(text: str, attrs: Sequence[int], rng: random.Random) -> tuple
     return fix_articles(re.sub(rf"\b{words[attrs[k]]}\b", words[new], text, count=1)), tuple(out)
 
 
+# Every class-only caption the grammar can produce ("a ball", "a photo of a ball", ...). Added to
+# each batch's captions, they give every image a 6-way choice of shape per step, the signal that
+# random batches lack (see swap_attribute) and that a from-scratch ViT needs most of.
+CLASS_CAPTIONS = [(fix_articles(start.format(a="a", n=c)), (k, -1, -1)) for k, c in enumerate(CLASSES)
+                  for start in ("a photo of {a} {n}", "{a} {n}", "a picture of {a} {n}")]
+
+
 def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: int = 128, seed: int = 0,
-               cache_size: int = 20000, log: Log = print, lr: float = 1e-3, ckpt_every: int = 200,
+               cache_size: int = 20000, log: Log = print, lr: float = 5e-4, ckpt_every: int = 200,
                log_every: int = 50) -> Path:
     """Train micro-CLIP into out_dir/clip (CLIPModel) and out_dir/text_encoder (CLIPTextModel).
 
@@ -115,14 +122,15 @@ def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: in
         images[flip] = images[flip].flip(-1)
         rng = random.Random(f"clip-negatives/{seed}/{step}")
         negatives = [swap_attribute(captions[i], caption_attrs[i], rng) for i in idx]
-        texts = [captions[i] for i in idx] + [t for t, _ in negatives]
-        text_attrs = torch.tensor([caption_attrs[i] for i in idx] + [a for _, a in negatives])
+        texts = [captions[i] for i in idx] + [t for t, _ in negatives] + [t for t, _ in CLASS_CAPTIONS]
+        text_attrs = torch.tensor([caption_attrs[i] for i in idx] + [a for _, a in negatives]
+                                  + [a for _, a in CLASS_CAPTIONS])
         enc = tokenizer(texts, padding=True, return_tensors="pt")
         img = clip_image_features(model, images)
         txt = clip_text_features(model, enc.input_ids, enc.attention_mask)
-        logits = model.logit_scale.exp() * img @ txt.T                         # (B, 2B)
+        logits = model.logit_scale.exp() * img @ txt.T                         # (B, 2B + 18)
         positive = caption_matches(image_attrs[idx], text_attrs)
-        # image -> text sees the hard negatives; text -> image uses the real captions only
+        # image -> text sees the hard negatives and class captions; text -> image the real captions only
         loss = (multi_positive_nce(logits, positive)
                 + multi_positive_nce(logits[:, :batch_size].T, positive[:, :batch_size].T)) / 2
         acc = (positive[torch.arange(batch_size), logits.argmax(1)]).float().mean()
