@@ -73,9 +73,10 @@ def swap_attribute(text: str, attrs: Sequence[int], rng: random.Random) -> tuple
 
     Why: in a random batch almost no caption shares an image's colour and context yet names another
     class, so plain CLIP negatives barely ask for shape, which a small ViT then learns last (colour
-    and backdrop are one patch away). The class is swapped half the time, else colour or context."""
-    named = [k for k in (1, 2) if attrs[k] >= 0]
-    k = 0 if not named or rng.random() < 0.5 else rng.choice(named)
+    and backdrop are one patch away). Colour, when named, is swapped twice as often as class or
+    context: a half-and-half "split" object in two base-like colours is the world's hardest call
+    (which half is the body), while backdrops are learned almost at once."""
+    k = rng.choice([0] + [1, 1] * (attrs[1] >= 0) + [2] * (attrs[2] >= 0))
     words = _WORDS[k]
     new = rng.choice([i for i in range(len(words)) if i != attrs[k]])
     out = list(attrs)
@@ -83,11 +84,11 @@ def swap_attribute(text: str, attrs: Sequence[int], rng: random.Random) -> tuple
     return fix_articles(re.sub(rf"\b{words[attrs[k]]}\b", words[new], text, count=1)), tuple(out)
 
 
-# Every class-only caption the grammar can produce ("a ball", "a photo of a ball", ...). Added to
-# each batch's captions, they give every image a 6-way choice of shape per step, the signal that
-# random batches lack (see swap_attribute) and that a from-scratch ViT needs most of.
+# Every class-only caption the grammar can produce ("a ball", "a photo of a ball", ...): each step,
+# every image is also asked to pick its class among them (see loss_fn).
 CLASS_CAPTIONS = [(fix_articles(start.format(a="a", n=c)), (k, -1, -1)) for k, c in enumerate(CLASSES)
                   for start in ("a photo of {a} {n}", "{a} {n}", "a picture of {a} {n}")]
+CLASS_CAPTION_ATTRS = torch.tensor([a for _, a in CLASS_CAPTIONS])
 
 
 def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: int = 128, seed: int = 0,
@@ -123,18 +124,24 @@ def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: in
         rng = random.Random(f"clip-negatives/{seed}/{step}")
         negatives = [swap_attribute(captions[i], caption_attrs[i], rng) for i in idx]
         texts = [captions[i] for i in idx] + [t for t, _ in negatives] + [t for t, _ in CLASS_CAPTIONS]
-        text_attrs = torch.tensor([caption_attrs[i] for i in idx] + [a for _, a in negatives]
-                                  + [a for _, a in CLASS_CAPTIONS])
+        text_attrs = torch.tensor([caption_attrs[i] for i in idx] + [a for _, a in negatives])
         enc = tokenizer(texts, padding=True, return_tensors="pt")
         img = clip_image_features(model, images)
         txt = clip_text_features(model, enc.input_ids, enc.attention_mask)
         logits = model.logit_scale.exp() * img @ txt.T                         # (B, 2B + 18)
+        pairs, by_class = logits[:, :2 * batch_size], logits[:, 2 * batch_size:]
         positive = caption_matches(image_attrs[idx], text_attrs)
-        # image -> text sees the hard negatives and class captions; text -> image the real captions only
-        loss = (multi_positive_nce(logits, positive)
-                + multi_positive_nce(logits[:, :batch_size].T, positive[:, :batch_size].T)) / 2
-        acc = (positive[torch.arange(batch_size), logits.argmax(1)]).float().mean()
-        return loss, {"loss": loss.item(), "i2t_acc": acc.item(), "scale": model.logit_scale.exp().item()}
+        # image -> text sees the hard negatives, text -> image the real captions only
+        clip_loss = (multi_positive_nce(pairs, positive)
+                     + multi_positive_nce(pairs[:, :batch_size].T, positive[:, :batch_size].T)) / 2
+        # ...and each image picks its class among all class-only captions (zero-shot classification
+        # as a loss): the full 6-way shape signal a random batch lacks, at the cost of 18 captions
+        class_positive = image_attrs[idx, :1] == CLASS_CAPTION_ATTRS[None, :, 0]
+        class_loss = multi_positive_nce(by_class, class_positive)
+        acc = (positive[torch.arange(batch_size), pairs.argmax(1)]).float().mean()
+        class_acc = class_positive[torch.arange(batch_size), by_class.argmax(1)].float().mean()
+        return clip_loss + class_loss, {"clip": clip_loss.item(), "class": class_loss.item(), "i2t_acc": acc.item(),
+                                        "class_acc": class_acc.item(), "scale": model.logit_scale.exp().item()}
 
     info = train_loop(model, loss_fn, steps=steps, ckpt_dir=out_dir / ".clip-ckpt", lr=lr, warmup=min(100, steps // 10 + 1),
                       ckpt_every=ckpt_every, log_every=log_every, log=log)
