@@ -192,6 +192,15 @@ class SuperResolution:
         return torch.cat([x_t, cond.to(x_t.dtype)], dim=1), level.to(x_t.device)
 
 
+def is_super_resolution(source: str) -> bool | None:
+    """Whether a local pipeline folder is a super-resolution model, from its model_index.json alone
+    (no weights loaded); None when `source` is not a local pipeline folder."""
+    index = Path(source).expanduser() / "model_index.json"
+    if not index.exists():
+        return None
+    return any(name in ("image_noising_scheduler", "low_res_scheduler") for name in json.loads(index.read_text()))
+
+
 def _super_resolution(pipe, cfg: ModelConfig, resolution: int) -> SuperResolution | None:
     """IF stage II keeps its noising schedule in `image_noising_scheduler`, the SD x4 upscaler in
     `low_res_scheduler`; a pipeline with neither is a base model."""

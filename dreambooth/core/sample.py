@@ -17,16 +17,19 @@ from PIL import Image
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance_scale: float,
-             batch_size: int = 4, **pipe_kwargs) -> Iterator[tuple[int, Image.Image]]:
-    """Yield (index, image) for each (prompt, seed) pair, `batch_size` at a time."""
-    assert len(prompts) == len(seeds)
+             batch_size: int = 4, images: list[Image.Image] | None = None,
+             **pipe_kwargs) -> Iterator[tuple[int, Image.Image]]:
+    """Yield (index, image) for each (prompt, seed) pair, `batch_size` at a time. `images`: one input
+    image per prompt, for pipelines that take one (a super-resolution model's low-res input)."""
+    assert len(prompts) == len(seeds) and (images is None or len(images) == len(prompts))
     for start in range(0, len(prompts), batch_size):
         chunk = range(start, min(start + batch_size, len(prompts)))
         generators = [torch.Generator().manual_seed(seeds[i]) for i in chunk]
+        inputs = {} if images is None else {"image": [images[i] for i in chunk]}
         with torch.no_grad():
-            images = pipe(prompt=[prompts[i] for i in chunk], generator=generators, num_inference_steps=steps,
-                          guidance_scale=guidance_scale, output_type="pil", **pipe_kwargs).images
-        yield from zip(chunk, images)
+            images_out = pipe(prompt=[prompts[i] for i in chunk], generator=generators, num_inference_steps=steps,
+                              guidance_scale=guidance_scale, output_type="pil", **inputs, **pipe_kwargs).images
+        yield from zip(chunk, images_out)
 
 
 @contextlib.contextmanager

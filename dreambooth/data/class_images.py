@@ -31,6 +31,7 @@ class ClassImageJob:
     found: int
     key: str
     generated: int = 0
+    source: Path | None = None   # the class images these are made from (a super-resolution model's class pairs)
 
     @property
     def missing(self) -> int:
@@ -58,8 +59,9 @@ def plan_class_images(model_source: str, prompt: str, folder: str | None, wanted
 
 
 def generate_class_images(job: ClassImageJob, pipe, *, seed: int, steps: int, guidance_scale: float,
-                          batch_size: int, sampler: str, **pipe_kwargs) -> list[Path]:
-    """Write the missing class images into job.folder; returns the new files."""
+                          batch_size: int, sampler: str, inputs: list | None = None, **pipe_kwargs) -> list[Path]:
+    """Write the missing class images into job.folder; returns the new files. `inputs`: the input
+    image of image i, for models that need one (a super-resolution model's low-res input)."""
     job.folder.mkdir(parents=True, exist_ok=True)
     manifest_path = job.folder / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"images": {}}
@@ -74,7 +76,8 @@ def generate_class_images(job: ClassImageJob, pipe, *, seed: int, steps: int, gu
     written = []
     bar = tqdm(total=len(todo), desc="class images", unit="img")
     for k, image in generate(pipe, [job.prompt] * len(todo), seeds, steps=steps, guidance_scale=guidance_scale,
-                             batch_size=batch_size, **pipe_kwargs):
+                             batch_size=batch_size, images=None if inputs is None else [inputs[i] for i in todo],
+                             **pipe_kwargs):
         path = job.folder / _name(todo[k])
         tmp = path.with_name(f".{path.name}.tmp")  # hidden: never read as a class image
         image.save(tmp, format="PNG")
