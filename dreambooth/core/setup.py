@@ -26,8 +26,10 @@ from ..data.batches import BatchPlan, encode_views, make_views
 from ..data.class_images import generate_class_images, plan_class_images
 from ..data.intake import check_output_dir, read_image_folder, to_tensor
 from ..errors import DreamboothError
+from ..superres.class_pairs import plan_sr_class_pairs, step_a_class_images
 from . import identifier as ident
-from .models import Model, encode_text, load_model, make_predictor, parameter_report, tokenize
+from .models import (Model, encode_text, is_super_resolution, load_model, make_predictor, parameter_report,
+                     tokenize)
 from .plan import Plan
 from .sample import sampler, sampler_name
 
@@ -55,6 +57,7 @@ class Run:
     start_step: int
     max_steps: int
     plan: Plan
+    class_data_dir: Path | None = None    # where the class images came from (prior preservation on)
 
 
 def make_accelerator(job: TrainJob, output_dir: Path) -> Accelerator:
@@ -138,7 +141,8 @@ def setup_run(job: TrainJob) -> Run:
                instance_prompt=instance_prompt, class_prompt=class_prompt, instance_x0=instance_x0,
                class_x0=class_x0, extras=extras, sample_inputs=sample_inputs, batches=BatchPlan(len(instance_x0), len(class_x0), t.train_batch_size, t.seed),
                text=text, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler, start_step=0,
-               max_steps=max_steps, plan=plan)
+               max_steps=max_steps, plan=plan,
+               class_data_dir=None if class_job is None else class_job.source or class_job.folder)
 
 
 def configure_super_resolution(model: Model, job: TrainJob) -> None:
@@ -174,6 +178,8 @@ def check_request(job: TrainJob):
     check_output_dir(Path(job.output.output_dir),
                      [Path(d.instance_data_dir)] + ([Path(p.class_data_dir)] if p.class_data_dir else []))
     photos = read_image_folder(Path(d.instance_data_dir), role="instance")
+    if p.with_prior_preservation and is_super_resolution(job.model.pretrained_model_name_or_path):
+        step_a_class_images(p)   # an SR model needs step (a)'s class images: say so before loading anything
     lrs = {"unet": o.learning_rate}
     if t.train_text_encoder:
         lrs["text_encoder"] = o.text_encoder_lr if o.text_encoder_lr is not None else o.learning_rate
@@ -221,15 +227,20 @@ def prepare_class_images(job: TrainJob, model: Model, class_prompt: str | None, 
             accelerator.print("note: --class_data_dir is unused without --with_prior_preservation.")
         return None
     recipe = f"{sampler_name(model.pipe, p.class_scheduler)}/{p.class_inference_steps}steps/cfg{p.class_guidance_scale}"
-    class_job = plan_class_images(model.source, class_prompt, p.class_data_dir, p.num_class_images,
-                                  model.resolution, recipe)
+    if model.sr is None:   # the base model samples its class images
+        class_job, inputs = plan_class_images(model.source, class_prompt, p.class_data_dir, p.num_class_images,
+                                              model.resolution, recipe), None
+    else:                  # an SR model makes class pairs from step (a)'s class images
+        class_job, inputs = plan_sr_class_pairs(p, model, class_prompt, recipe)
+        accelerator.print(f"class pairs for super-resolution from the {class_job.wanted} class images in "
+                          f"{class_job.source}" + (", upscaled by the untouched SR model" if inputs else ""))
     accelerator.print(f"prior preservation ON: {class_job.found} found, {class_job.missing} to generate "
                       f"in {class_job.folder}")
     if class_job.missing and accelerator.is_main_process:
         with _generation_precision(p.prior_generation_precision, accelerator), sampler(model.pipe, p.class_scheduler):
             generate_class_images(class_job, model.pipe, seed=job.train.seed, steps=p.class_inference_steps,
                                   guidance_scale=p.class_guidance_scale, batch_size=p.sample_batch_size,
-                                  sampler=recipe, **model.sample_kwargs())
+                                  sampler=recipe, inputs=inputs, **model.sample_kwargs())
     accelerator.wait_for_everyone()
     return class_job
 
@@ -304,7 +315,9 @@ def write_run_files(run: Run) -> None:
     # Write what was actually used, so `--config dreambooth.yaml` repeats this run even if defaults change.
     resolved = dataclasses.replace(run.job, data=dataclasses.replace(
         run.job.data, identifier=run.identifier, instance_prompt=run.instance_prompt, resolution=run.model.resolution),
-        prior=dataclasses.replace(run.job.prior, class_prompt=run.class_prompt))
+        prior=dataclasses.replace(run.job.prior, class_prompt=run.class_prompt,
+                                  class_data_dir=str(run.class_data_dir) if run.class_data_dir
+                                  else run.job.prior.class_data_dir))
     save_yaml(resolved, run.output_dir / "dreambooth.yaml")
     (run.output_dir / "identifier.json").write_text(json.dumps(
         {"identifier": run.identifier, "class_name": run.job.data.class_name,
