@@ -22,9 +22,10 @@ from .errors import DreamboothError
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, aliases: tuple[str, ...] = (),
-        const: Any = None) -> Any:
-    """A config field with the metadata the CLI needs. `const`: value when the flag is given bare."""
-    meta = {"help": help, "choices": choices, "aliases": aliases, "const": const}
+        const: Any = None, none_flag: str | None = None) -> Any:
+    """A config field with the metadata the CLI needs. `const`: value when the flag is given bare;
+    `none_flag`: an extra bare flag (e.g. --no-sr) that sets the value 'none'."""
+    meta = {"help": help, "choices": choices, "aliases": aliases, "const": const, "none_flag": none_flag}
     return field(default=default, metadata=meta)
 
 
@@ -35,7 +36,13 @@ SAMPLERS = ("DPMSolverMultistepScheduler", "DDPMScheduler", "DDIMScheduler", "Eu
 class ModelConfig:
     pretrained_model_name_or_path: str = opt(
         "", "Base model: a local diffusers pipeline folder (Stable Diffusion 1.x/2.x, DeepFloyd IF stage I, "
-        "or a micro-world model) or a hub id already in the local cache.", aliases=("--model",))
+        "or a micro-world model) or a hub id already in the local cache. Default: the micro world's base model "
+        "(dreambooth/world/models/base).", aliases=("--model",))
+    sr_model: str = opt(
+        "auto", "Step (b): a super-resolution pipeline (IF stage II, SD x4 upscaler, micro-world SR) fine-tuned "
+        "after the base model, into OUTPUT_DIR/sr/, with the same identifier, prompts, seed and class images. "
+        "'auto': the micro world's SR model when --model is not given, else none; 'none' (or --no-sr): base only.",
+        none_flag="--no-sr")
     revision: str | None = opt(None, "Hub revision of the base model (only with a hub id).")
     variant: str | None = opt(None, "Weight variant to load, e.g. 'fp16' for diffusion_pytorch_model.fp16.safetensors.")
     tokenizer_name: str | None = opt(None, "Load the tokenizer from this folder instead of the model's tokenizer/.")
@@ -121,6 +128,10 @@ class SuperResConfig:
     sr_max_noise_level: int = opt(250, "Super-resolution models: upper end of the drawn augmentation levels "
                                        "(clamped to the pipeline's own maximum). 250 is IF stage II's inference "
                                        "default; not yet tuned by measurement.")
+    sr_max_train_steps: int | None = opt(None, "Steps of step (b) when --sr-model runs both steps "
+                                               "(default: max_train_steps).")
+    sr_learning_rate: float | None = opt(None, "UNet learning rate of step (b) when --sr-model runs both steps "
+                                               "(default: learning_rate).")
 
 
 @dataclass

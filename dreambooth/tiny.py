@@ -301,9 +301,11 @@ def build_tiny_if(out_dir: Path, *, seed: int = 0) -> Path:
     return Path(out_dir)
 
 
-def build_tiny_if_sr(out_dir: Path, *, seed: int = 0) -> Path:
+def build_tiny_if_sr(out_dir: Path, *, seed: int = 0, lowres: int | None = None) -> Path:
     """Save a random-weight DeepFloyd IF stage-II IFSuperResolutionPipeline folder: 16 -> 64 px (4x, as
-    IF's 64 -> 256), input = noisy image + upsampled noise-augmented low-res image, level as class label."""
+    IF's 64 -> 256), input = noisy image + upsampled noise-augmented low-res image, level as class label.
+    `lowres` declares another low-res size in dreambooth_sr.json, as the micro world's SR does (32 -> 64,
+    matching the tiny IF stage I's 32 px for a tiny cascade)."""
     from diffusers import IFSuperResolutionPipeline
 
     tokenizer, text_encoder = _tiny_t5(seed)
@@ -312,6 +314,8 @@ def build_tiny_if_sr(out_dir: Path, *, seed: int = 0) -> Path:
         tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
         scheduler=_if_scheduler(variance_type="learned_range"), image_noising_scheduler=_if_scheduler(), **_IF_SAFETY)
     pipe.save_pretrained(Path(out_dir), safe_serialization=True)
+    if lowres:
+        (Path(out_dir) / "dreambooth_sr.json").write_text(json.dumps({"lowres_resolution": lowres}))
     return Path(out_dir)
 
 

@@ -29,8 +29,10 @@ UNSUPPORTED = {
     "hub_token": "no model hub is reachable from this machine",
     "hub_model_id": "no model hub is reachable from this machine",
     "skip_save_text_encoder": "the exported pipeline always includes its text encoder so diffusers can load it",
-    "class_labels_conditioning": "timestep class labels belong to super-resolution models; see `dreambooth train-sr`",
-    "validation_images": "validation images for upscalers belong to `dreambooth train-sr`",
+    "class_labels_conditioning": "a super-resolution model's noise-level class labels are set up from the model "
+                                 "itself; see `dreambooth train-sr`",
+    "validation_images": "super-resolution validation upsamples a low-res view of the first photo by itself "
+                         "(`dreambooth train-sr`)",
 }
 FLAG_ONLY = {"push_to_hub", "allow_tf32", "enable_xformers_memory_efficient_attention", "set_grads_to_none"}
 
@@ -58,6 +60,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             choices = [c for c in (meta["choices"] or ()) if c is not None] or None
             group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=help_, choices=choices,
                                metavar="{" + ",".join(choices) + "}" if choices else "VALUE")
+        if meta.get("none_flag"):
+            group.add_argument(meta["none_flag"], dest=name, action="store_const", const="none",
+                               default=argparse.SUPPRESS, help=f"same as --{name.replace('_', '-')} none")
     compat = parser.add_argument_group("diffusers flags handled specially")
     for name, why in {**IGNORED, **UNSUPPORTED}.items():
         kind = "ignored" if name in IGNORED else "not supported"

@@ -14,16 +14,18 @@ def cmd_train(ns: argparse.Namespace, unknown: list[str]) -> None:
     job, notes = job_from_args(ns, unknown)
     for note in notes:
         print(note)
-    from ..core.train import train   # heavy imports only once the flags are known to be fine
-    train(job)
+    from ..core import cascade   # heavy imports only once the flags are known to be fine
+    (cascade.train_sr if ns.command == "train-sr" else cascade.train_all)(job)
 
 
 def cmd_generate(ns: argparse.Namespace, unknown: list[str]) -> None:
     _no_unknown(unknown)
     from ..core.generate import generate_grid
     path = generate_grid(ns.model, ns.prompt, n=ns.n, out=Path(ns.out), seed=ns.seed, steps=ns.steps,
-                         guidance_scale=ns.guidance_scale, resolution=ns.resolution, scheduler=ns.scheduler)
-    print(f"wrote {path}")
+                         guidance_scale=ns.guidance_scale, resolution=ns.resolution, scheduler=ns.scheduler,
+                         seeds=ns.seeds, sr_model=ns.sr_model, sr_steps=ns.sr_steps,
+                         sr_guidance_scale=ns.sr_guidance_scale, sr_noise_level=ns.sr_noise_level)
+    print(f"wrote {path} (each image in {path.parent / (path.stem + '-images')})")
 
 
 def cmd_tiny_model(ns: argparse.Namespace, unknown: list[str]) -> None:
@@ -67,14 +69,30 @@ def build_parser() -> argparse.ArgumentParser:
                                        "hyphens).")
     add_config_flags(train)
     train.set_defaults(func=cmd_train)
+    train_sr = sub.add_parser("train-sr", help="fine-tune a super-resolution model on the same photos (step (b))",
+                              description="Same flags as `train`; --model must be a super-resolution pipeline "
+                                          "(IF stage II, SD x4 upscaler, micro-world SR; default: the world's).")
+    add_config_flags(train_sr)
+    train_sr.set_defaults(func=cmd_train)
 
     gen = sub.add_parser("generate", help="sample images from a (fine-tuned) pipeline folder")
     gen.add_argument("--model", required=True, help="pipeline folder, e.g. the output of `dreambooth train`")
     gen.add_argument("--prompt", required=True, action="append",
                      help="prompt; '<id>' or '[V]' becomes the trained identifier. Repeat for several prompts.")
     gen.add_argument("-n", "--num-images", dest="n", type=int, default=4, help="images per prompt")
-    gen.add_argument("--out", default="grid.png", help="grid image to write (one row per prompt)")
+    gen.add_argument("--out", default="grid.png", help="grid image to write (one row per prompt); each image "
+                                                      "also goes to OUT_STEM-images/")
     gen.add_argument("--seed", type=int, default=0, help="image i of a prompt uses seed + i")
+    gen.add_argument("--seeds", type=int, nargs="+", default=None, help="explicit seed of each image (sets -n)")
+    gen.add_argument("--sr-model", "--sr_model", default=None,
+                     help="super-resolution pipeline for base -> SR (default: MODEL/sr/ when it exists)")
+    gen.add_argument("--no-sr", dest="sr_model", action="store_const", const="none", help="base model only")
+    gen.add_argument("--sr-steps", "--sr_steps", type=int, default=None, help="SR sampler steps (default: --steps)")
+    gen.add_argument("--sr-guidance-scale", "--sr_guidance_scale", type=float, default=None,
+                     help="SR classifier-free guidance (default: the SR pipeline's own, 4.0 for IF stage II)")
+    gen.add_argument("--sr-noise-level", "--sr_noise_level", type=int, default=None,
+                     help="noise augmentation of the SR's low-res input (default: the SR pipeline's own, 250 "
+                          "for IF stage II, 20 for the x4 upscaler)")
     gen.add_argument("--steps", type=int, default=25, help="sampler steps")
     gen.add_argument("--guidance-scale", "--guidance_scale", type=float, default=7.5, help="classifier-free guidance")
     gen.add_argument("--resolution", type=int, default=None, help="image size (default: the model's)")

@@ -1,0 +1,33 @@
+"""Where the micro world's pretrained pipelines live: the default models of `dreambooth train`.
+
+`dreambooth world pretrain --out dreambooth/world/models` writes them there (base/ is an IF stage I
+layout at 32 px, sr/ an IF stage II layout 32 -> 64 px). A run without --model uses them.
+(Named defaults.py, not models.py, so the module does not shadow that models/ folder.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DreamboothError
+
+MODELS = Path(__file__).resolve().parent / "models"
+WORLD_BASE = MODELS / "base"
+WORLD_SR = MODELS / "sr"
+
+
+def default_models(*, base: bool = True, sr: bool = True) -> tuple[Path | None, Path | None]:
+    """-> (base folder or None, SR folder or None), each one asked for; a missing folder is an error.
+    The module's WORLD_BASE / WORLD_SR are read at call time (tests point them elsewhere)."""
+    wanted = [(kind, path) for kind, path, want in (("base", WORLD_BASE, base), ("super-resolution", WORLD_SR, sr))
+              if want]
+    for kind, path in wanted:
+        if not (path / "model_index.json").exists():
+            raise DreamboothError(
+                f"No --model was given, so dreambooth uses the micro world's {kind} model, but {path} holds no "
+                f"pipeline (it is not shipped with this checkout yet). Pass --model PATH with a diffusers pipeline "
+                f"folder (for example one made by `dreambooth tiny-model --out tiny-sd`)"
+                + (", add --no-sr to train the base model only" if kind == "super-resolution" else "")
+                + f", or build the world's models with `dreambooth world pretrain --out {path.parent}` "
+                "(its diffusion stages need a GPU).")
+    return (WORLD_BASE if base else None), (WORLD_SR if sr else None)
