@@ -12,13 +12,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, ViTModel
 
+from dreambooth.core.checkpoint import list_checkpoints
 from dreambooth.tiny import build_clip_tokenizer
 from dreambooth.world.encoders import (clip_image_embeds, clip_text_embeds, fill_template, instance_embeds,
                                        load_instance_encoder, load_world_clip, to_64, top1_retrieval, zero_shot)
-from dreambooth.world.pretrain.clip import _caption_attrs, caption_matches, swap_attribute, train_clip
+from dreambooth.world.pretrain.clip import caption_matches, swap_attribute, train_clip
+from dreambooth.world.pretrain.data import caption_attrs
 from dreambooth.world.pretrain.common import multi_positive_nce
 from dreambooth.world.pretrain.data import sample
 from dreambooth.world.pretrain.instance import supcon_loss, train_instance_encoder
+from dreambooth.world.pretrain.text import text_config, train_text_encoder
 from dreambooth.world.vocab import CLASSES, world_words
 
 CLIP_TOY = dict(steps=4, batch_size=12, cache_size=24, ckpt_every=2, log_every=1)
@@ -48,9 +51,10 @@ def _interrupted_then_resumed(train, out: Path) -> list[str]:
     with pytest.raises(Interrupt):
         train(out, interrupt_after_first_checkpoint(first))
     ckpt = next(out.glob(".*-ckpt"))
-    assert json.loads((ckpt / "state.json").read_text())["step"] == 2
-    assert load_file(str(ckpt / "optimizer.safetensors"))                    # AdamW moments, no pickle
-    assert not list(ckpt.glob("*.bin")) and not list(ckpt.glob("*.pt"))
+    saved = list_checkpoints(ckpt)[-1]
+    assert json.loads((saved / "state.json").read_text())["step"] == 2
+    assert load_file(str(saved / "optimizer.safetensors"))                   # AdamW moments, no pickle
+    assert not list(ckpt.rglob("*.bin")) and not list(ckpt.rglob("*.pt"))
     second: list[str] = []
     train(out, second.append)
     assert any(m.startswith("resuming at step 2") for m in second)
@@ -66,6 +70,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def test_clip_trains_resumes_and_saves_loadable_folders(tmp_path, tokenizer_dir):
     def train(out: Path, log):
+        train_text_encoder(out, tokenizer_dir, steps=2, batch_size=8, pool=16, log=lambda m: None)
         return train_clip(out, tokenizer_dir, log=log, **CLIP_TOY)
 
     _interrupted_then_resumed(train, tmp_path / "resumed")
@@ -77,7 +82,7 @@ def test_clip_trains_resumes_and_saves_loadable_folders(tmp_path, tokenizer_dir)
 
     text = CLIPTextModel.from_pretrained(tmp_path / "resumed" / "text_encoder")
     assert text.config.hidden_size == 128 and text.config.max_position_embeddings == 77
-    assert _same_weights(text, resumed.text_model)
+    assert _same_weights(text, resumed.text_model)      # the text tower is locked: CLIP left it as it was
     quiet: list[str] = []
     assert train(tmp_path / "resumed", quiet.append) == tmp_path / "resumed" / "clip" and quiet == []  # done: no-op
 
@@ -155,8 +160,24 @@ def test_hard_negative_captions_change_exactly_one_named_attribute():
     rng = random.Random(0)
     for i in range(200):
         s = sample(0, i)
-        attrs = _caption_attrs(s.caption)
+        attrs = caption_attrs(s.caption)
         assert attrs[0] == s.cls and attrs[1] in (-1, s.color) and attrs[2] in (-1, s.context)
         text, new = swap_attribute(s.caption, attrs, rng)
-        assert _caption_attrs(text) == new                    # the new caption says what its attrs say
+        assert caption_attrs(text) == new                    # the new caption says what its attrs say
         assert sum(a != b for a, b in zip(attrs, new)) == 1 and all(n >= 0 for a, n in zip(attrs, new) if a >= 0)
+
+
+def test_text_encoder_learns_to_read_class_colour_and_context_from_captions(tmp_path, tokenizer_dir):
+    logs: list[str] = []
+    train_text_encoder(tmp_path, tokenizer_dir, steps=60, batch_size=64, pool=512, log=logs.append)
+    losses = [float(m.split("loss=")[1].split()[0]) for m in logs if m.startswith("step ")]
+    assert losses[-1] < 0.5 * losses[0]                            # it learns, on captions alone
+    text = CLIPTextModel.from_pretrained(tmp_path / "text_encoder")
+    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)                                           # the stage's seed: its initial weights
+    init = CLIPTextModel(text_config(tok)).embeddings.token_embedding.weight
+    trained = text.embeddings.token_embedding.weight
+    rare, word = tok.convert_tokens_to_ids("sks</w>"), tok.convert_tokens_to_ids("ball</w>")
+    # rare tokens never occur in captions: the identifier's embedding is exactly as initialised
+    assert torch.equal(trained[rare], init[rare]) and not torch.equal(trained[word], init[word])
+    assert not (tmp_path / ".text-ckpt").exists()                  # finished: checkpoint cleaned up

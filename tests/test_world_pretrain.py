@@ -4,6 +4,7 @@ through diffusers' own IF pipelines."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dreambooth.superres.conditioning import downsample, lowres_condition, upsample
 from dreambooth.tiny import build_clip_tokenizer
-from dreambooth.world.pretrain.diffusion import DiffusionRun, train_diffusion, world_scheduler
+from dreambooth.world.pretrain.diffusion import DiffusionRun, random_crop, train_diffusion, world_scheduler
 from dreambooth.world.vocab import world_words
 
 
@@ -45,8 +46,8 @@ def test_pretraining_resumes_from_its_checkpoint(text_parts, tmp_path):
 
 
 def test_cascade_runs_through_diffusers_if_pipelines(text_parts, tmp_path):
-    for kind in ("base", "sr"):
-        train_diffusion(toy(kind, 2), tmp_path, text_parts / "tokenizer", text_parts / "text_encoder", lambda m: None)
+    for run in (toy("base", 2), replace(toy("sr", 2), crop=32)):     # the SR model trains on 32 px windows
+        train_diffusion(run, tmp_path, text_parts / "tokenizer", text_parts / "text_encoder", lambda m: None)
     base, sr = DiffusionPipeline.from_pretrained(tmp_path / "base"), DiffusionPipeline.from_pretrained(tmp_path / "sr")
     assert (type(base).__name__, type(sr).__name__) == ("IFPipeline", "IFSuperResolutionPipeline")
     g = torch.Generator().manual_seed(0)
@@ -60,6 +61,16 @@ def test_cascade_runs_through_diffusers_if_pipelines(text_parts, tmp_path):
     from dreambooth.core.models import load_model
     model = load_model(ModelConfig(pretrained_model_name_or_path=str(tmp_path / "sr")))
     assert model.sr.lowres == 32 and model.resolution == 64 and not model.latent
+
+
+def test_random_crop_takes_one_window_through_every_channel():
+    x = torch.arange(2 * 9 * 64 * 64, dtype=torch.float32).reshape(2, 9, 64, 64)   # [x_t ; low-res ; noise]
+    out = random_crop(x, 32, torch.Generator().manual_seed(3))
+    assert out.shape == (2, 9, 32, 32)
+    i, j = divmod(int(out[0, 0, 0, 0].item()), 64)
+    # the same window in every channel: the noise target stays aligned with the noisy input
+    assert torch.equal(out, x[..., i:i + 32, j:j + 32])
+    assert random_crop(x, 0, torch.Generator()) is x
 
 
 def test_lowres_condition_is_the_degraded_image_not_the_target():

@@ -1,9 +1,9 @@
 """micro-CLIP: a small transformers CLIPModel trained contrastively on (render, caption) pairs.
 
-Its text tower doubles as the frozen text encoder of the micro world's base diffusion model, so the
-text side keeps hidden size 128 (the base model's cross-attention width) and is also written alone
-as a CLIPTextModel folder. Its image side judges text-image agreement of generated samples,
-including 32-px base-model samples, hence the 64 -> 32 -> 64 augmentation during training.
+Its text tower is the world's text encoder (stage `text`), frozen: the same weights the base and
+SR models cross-attend to, as CLIP's text tower is Stable Diffusion's text encoder. Its image side
+judges text-image agreement of generated samples, including 32-px base-model samples, hence the
+64 -> 32 -> 64 augmentation during training.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
 
-from ..encoders import clip_image_features, clip_text_features, fix_articles, load_world_clip, to_64, zero_shot
-from ..vocab import CLASSES, COLORS, parse_prompt
+from ..encoders import clip_text_features, fix_articles, load_world_clip, to_64, zero_shot
+from ..vocab import CLASSES, COLORS
 from .common import Log, down_up, is_complete, multi_positive_nce, save_model_atomic, step_generator, train_loop
-from .data import CONTEXT_PHRASES, RenderCache, render_batch, sample
+from .data import CONTEXT_PHRASES, RenderCache, caption_attrs, render_batch, sample
 
 # Evaluation draws from its own stream, so gate figures are never measured on training renders.
 HELDOUT_STREAM = 1_000_000_007
@@ -36,16 +37,17 @@ COLOR_TEMPLATES = tuple(f"a photo of a {{}} {c}" for c in CLASSES)
 CONTEXT_TEMPLATES = tuple(f"a photo of a {c} {{}}" for c in CLASSES)
 
 
-def build_clip(tokenizer: CLIPTokenizer) -> CLIPModel:
-    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                          num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id)
+def build_clip(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> CLIPModel:
+    """A CLIPModel whose text tower is `text_encoder`'s weights, frozen (locked-text tuning: only the
+    image tower and both projections learn, so micro-CLIP reads captions as the base model does)."""
     # The vision MLP is 2x (not 4x) wide: the world's images need little capacity, and it keeps the
     # folder near 6 MB and a training step near a second on two CPU threads.
     vision = CLIPVisionConfig(image_size=64, patch_size=8, hidden_size=128, intermediate_size=256,
                               num_hidden_layers=4, num_attention_heads=4)
-    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=128))
+    model = CLIPModel(CLIPConfig(text_config=text_encoder.config, vision_config=vision, projection_dim=128))
+    model.text_model.load_state_dict(text_encoder.state_dict())
+    model.text_model.requires_grad_(False)
+    return model
 
 
 def caption_matches(image_attrs: torch.Tensor, caption_attrs: torch.Tensor) -> torch.Tensor:
@@ -55,14 +57,6 @@ def caption_matches(image_attrs: torch.Tensor, caption_attrs: torch.Tensor) -> t
     caption leaves the attribute out ("a ball" matches any ball)."""
     img, cap = image_attrs[:, None, :], caption_attrs[None, :, :]
     return ((cap == img) | (cap < 0)).all(-1)
-
-
-def _caption_attrs(text: str) -> tuple[int, int, int]:
-    _, _, phrase = parse_prompt(text)
-    # the context phrase goes first: "... a white box on top of a purple rug" names no purple object
-    cls, color, _ = parse_prompt(text.replace(phrase, " ") if phrase else text)
-    return (CLASSES.index(cls) if cls else -1, list(COLORS).index(color) if color else -1,
-            CONTEXT_PHRASES.index(phrase) if phrase else -1)
 
 
 _WORDS: tuple[Sequence[str], ...] = (CLASSES, list(COLORS), CONTEXT_PHRASES)
@@ -94,7 +88,7 @@ CLASS_CAPTION_ATTRS = torch.tensor([a for _, a in CLASS_CAPTIONS])
 def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: int = 128, seed: int = 0,
                cache_size: int = 20000, log: Log = print, lr: float = 5e-4, ckpt_every: int = 200,
                log_every: int = 50) -> Path:
-    """Train micro-CLIP into out_dir/clip (CLIPModel) and out_dir/text_encoder (CLIPTextModel).
+    """Train micro-CLIP into out_dir/clip (CLIPModel) on the frozen text tower out_dir/text_encoder.
 
     Checkpoints every `ckpt_every` steps into out_dir/.clip-ckpt and resumes from there; returns at
     once when out_dir/clip is already complete."""
@@ -105,13 +99,21 @@ def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: in
     t0 = time.time()
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)                     # initial weights (overwritten when resuming)
-    model = build_clip(tokenizer)
+    model = build_clip(tokenizer, CLIPTextModel.from_pretrained(out_dir / "text_encoder"))
     cache = RenderCache(seed, 64, cache_size)
     log(f"micro-CLIP: rendered {cache_size} training images in {time.time() - t0:.0f}s")
     captions = [s.caption for s in cache.samples]
     image_attrs = torch.tensor([(s.cls, s.color, s.context) for s in cache.samples])
-    caption_attrs = [_caption_attrs(c) for c in captions]
+    attrs_of = [caption_attrs(c) for c in captions]
     batch_size = min(batch_size, cache_size)
+    # Auxiliary linear probe on the image tower (trained, checkpointed, never saved with the model):
+    # contrastive learning alone starts in a deadlock for shape: class captions embed alike until
+    # images differ by class, and images need not differ until captions do. Colour and backdrop
+    # escape it in a few hundred steps (one patch shows them); shape took >1000 steps to reach
+    # 45%. Predicting the caption's attributes from the image breaks the deadlock from step 0.
+    probe = torch.nn.Linear(model.config.vision_config.hidden_size, len(CLASSES) + len(COLORS) + len(CONTEXT_PHRASES))
+    trainee = torch.nn.ModuleDict({"clip": model, "probe": probe})
+    splits = (len(CLASSES), len(COLORS), len(CONTEXT_PHRASES))
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         # CLIP's own guard: a temperature below 1/100 makes the logits too sharp to train
@@ -122,11 +124,12 @@ def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: in
         flip = torch.rand(batch_size, generator=gen) < 0.5     # captions never say left or right
         images[flip] = images[flip].flip(-1)
         rng = random.Random(f"clip-negatives/{seed}/{step}")
-        negatives = [swap_attribute(captions[i], caption_attrs[i], rng) for i in idx]
+        negatives = [swap_attribute(captions[i], attrs_of[i], rng) for i in idx]
         texts = [captions[i] for i in idx] + [t for t, _ in negatives] + [t for t, _ in CLASS_CAPTIONS]
-        text_attrs = torch.tensor([caption_attrs[i] for i in idx] + [a for _, a in negatives])
+        text_attrs = torch.tensor([attrs_of[i] for i in idx] + [a for _, a in negatives])
         enc = tokenizer(texts, padding=True, return_tensors="pt")
-        img = clip_image_features(model, images)
+        pooled = model.vision_model(pixel_values=images).pooler_output
+        img = F.normalize(model.visual_projection(pooled), dim=-1)          # = clip_image_features
         txt = clip_text_features(model, enc.input_ids, enc.attention_mask)
         logits = model.logit_scale.exp() * img @ txt.T                         # (B, 2B + 18)
         pairs, by_class = logits[:, :2 * batch_size], logits[:, 2 * batch_size:]
@@ -138,16 +141,17 @@ def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: in
         # as a loss): the full 6-way shape signal a random batch lacks, at the cost of 18 captions
         class_positive = image_attrs[idx, :1] == CLASS_CAPTION_ATTRS[None, :, 0]
         class_loss = multi_positive_nce(by_class, class_positive)
+        probe_logits = probe(pooled).split(splits, dim=1)
+        probe_loss = torch.stack([F.cross_entropy(lg, image_attrs[idx, k]) for k, lg in enumerate(probe_logits)]).sum()
         acc = (positive[torch.arange(batch_size), pairs.argmax(1)]).float().mean()
         class_acc = class_positive[torch.arange(batch_size), by_class.argmax(1)].float().mean()
-        return clip_loss + class_loss, {"clip": clip_loss.item(), "class": class_loss.item(), "i2t_acc": acc.item(),
-                                        "class_acc": class_acc.item(), "scale": model.logit_scale.exp().item()}
+        return clip_loss + class_loss + probe_loss, {
+            "clip": clip_loss.item(), "class": class_loss.item(), "probe": probe_loss.item(), "i2t_acc": acc.item(),
+            "class_acc": class_acc.item(), "scale": model.logit_scale.exp().item()}
 
-    info = train_loop(model, loss_fn, steps=steps, ckpt_dir=out_dir / ".clip-ckpt", lr=lr, warmup=min(100, steps // 10 + 1),
+    info = train_loop(trainee, loss_fn, steps=steps, ckpt_dir=out_dir / ".clip-ckpt", lr=lr, warmup=min(100, steps // 10 + 1),
                       ckpt_every=ckpt_every, log_every=log_every, log=log)
     info.update(seed=seed, batch_size=batch_size, cache_size=cache_size, seconds_total_this_run=round(time.time() - t0, 1))
-    # text_encoder first: `clip/` being complete is the stage's done-marker
-    save_model_atomic(model.text_model, out_dir / "text_encoder")
     save_model_atomic(model, final, info)
     shutil.rmtree(out_dir / ".clip-ckpt", ignore_errors=True)     # the finished folder supersedes it
     log(f"micro-CLIP saved to {final} ({time.time() - t0:.0f}s)")

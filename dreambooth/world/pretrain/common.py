@@ -1,10 +1,6 @@
-"""What the encoder trainers share: the resumable training loop, checkpoints without pickles,
-the multi-positive contrastive loss, and the 32-px augmentation.
-
-A checkpoint is a folder holding `model.safetensors` (weights), `optimizer.safetensors` (AdamW's
-tensors, flattened to `state.<param>.<name>` keys) and `state.json` (step, param groups, the
-optimizer's non-tensor values). It is written to a sibling folder and swapped in, so an interrupted
-save leaves the previous checkpoint intact rather than a half-written one.
+"""What the encoder trainers share: the resumable training loop (checkpoints are the trainer's
+own, `core.checkpoint`: safetensors + JSON, atomic), the multi-positive contrastive loss, and the
+32-px augmentation.
 """
 
 from __future__ import annotations
@@ -19,9 +15,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
+from ...core import checkpoint as ckpt
 from ..encoders import to_64
 
 Log = Callable[[str], Any]
@@ -42,50 +38,6 @@ def save_model_atomic(model: PreTrainedModel, folder: Path, info: dict[str, Any]
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
-
-
-# -- checkpoints ------------------------------------------------------------------------------
-
-def save_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
-    state = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for idx, entries in state["state"].items():
-        for name, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{idx}.{name}"] = value.detach().contiguous()
-            else:
-                scalars[f"state.{idx}.{name}"] = value
-    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # clone: tied or shared parameters would otherwise make safetensors refuse the dict
-    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": state["param_groups"],
-                                                "scalars": scalars}))
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
-    """Restore model and optimizer; -> the step to continue from (0 when there is no checkpoint)."""
-    old = folder.with_name(folder.name + ".old")
-    if not (folder / "state.json").is_file() and (old / "state.json").is_file():
-        folder = old                     # interrupted between the two renames of a save
-    if not (folder / "state.json").is_file():
-        return 0
-    meta = json.loads((folder / "state.json").read_text())
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    entries: dict[int, dict[str, Any]] = {}
-    for key, value in [*load_file(str(folder / "optimizer.safetensors")).items(), *meta["scalars"].items()]:
-        _, idx, name = key.split(".", 2)
-        entries.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": entries, "param_groups": meta["param_groups"]})
-    return int(meta["step"])
 
 
 # -- training loop ----------------------------------------------------------------------------
@@ -118,21 +70,24 @@ def train_loop(model: torch.nn.Module, loss_fn: Callable[[int], tuple[torch.Tens
     sees the same batches an uninterrupted one would have.
     """
     opt = make_optimizer(model, lr, weight_decay)
-    start = load_checkpoint(ckpt_dir, model, opt)
-    if start:
+    for group in opt.param_groups:          # LambdaLR scales this peak by lr_at's factor
+        group["lr"] = lr
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, 1.0, warmup))
+    start = 0
+    if ckpt.list_checkpoints(ckpt_dir):
+        start = ckpt.load_checkpoint(ckpt.list_checkpoints(ckpt_dir)[-1], {"model": model}, opt, schedule)
         log(f"resuming at step {start} from {ckpt_dir}")
     model.train()
     t0, cpu0, window = time.time(), time.process_time(), []
     for step in range(start, steps):
         if on_step is not None:
             on_step(step)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup)
         loss, stats = loss_fn(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        schedule.step()
         window.append(stats)
         done = step + 1
         if done % log_every == 0 or done == steps:
@@ -141,7 +96,7 @@ def train_loop(model: torch.nn.Module, loss_fn: Callable[[int], tuple[torch.Tens
                 + f" ({time.time() - t0:.0f}s)")
             window = []
         if done % ckpt_every == 0 and done < steps:
-            save_checkpoint(ckpt_dir, model, opt, done)
+            ckpt.save_checkpoint(ckpt_dir, done, {"model": model}, opt, schedule, limit=1)
             log(f"checkpoint at step {done}")
     model.eval()
     # CPU seconds next to wall seconds: on a shared machine the wall clock says little on its own

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..render import Scene, random_pattern, random_pose, render
-from ..vocab import CLASSES, COLORS, CONTEXTS, caption
+from ..vocab import CLASSES, COLORS, CONTEXTS, caption, parse_prompt
 
 CONTEXT_PHRASES = list(CONTEXTS)
 
@@ -68,3 +68,11 @@ class RenderCache:
         if s != 64:
             x = torch.nn.functional.avg_pool2d(x, 64 // s)
         return x / 127.5 - 1
+
+
+def caption_attrs(text: str) -> tuple[int, int, int]:
+    _, _, phrase = parse_prompt(text)
+    # the context phrase goes first: "... a white box on top of a purple rug" names no purple object
+    cls, color, _ = parse_prompt(text.replace(phrase, " ") if phrase else text)
+    return (CLASSES.index(cls) if cls else -1, list(COLORS).index(color) if color else -1,
+            CONTEXT_PHRASES.index(phrase) if phrase else -1)

@@ -16,11 +16,12 @@ from typing import Callable
 from ...tiny import build_clip_tokenizer
 from ..vocab import world_words
 
-STAGES = ("tokenizer", "clip", "instance", "base", "sr")
+STAGES = ("tokenizer", "text", "clip", "instance", "base", "sr")
 
 
 @dataclass(frozen=True)
 class Scale:
+    text_steps: int
     clip_steps: int
     instance_steps: int
     base_steps: int
@@ -32,10 +33,10 @@ class Scale:
 SCALES = {
     # The shipped models. The diffusion stages need a GPU: on our 2-core CPU a 6.7M-parameter 32x32 UNet
     # took ~9 s per batch-32 training step (forward + backward), so `full` would take days there.
-    "full": Scale(clip_steps=1000, instance_steps=1500, base_steps=30000, sr_steps=20000, batch_size=64,
+    "full": Scale(text_steps=300, clip_steps=1000, instance_steps=1500, base_steps=30000, sr_steps=20000, batch_size=64,
                   cache_size=30000),
     # Exercises every code path in about a minute on a CPU (tests, smoke runs); the results are not useful models.
-    "toy": Scale(clip_steps=4, instance_steps=4, base_steps=4, sr_steps=4, batch_size=4, cache_size=32),
+    "toy": Scale(text_steps=4, clip_steps=4, instance_steps=4, base_steps=4, sr_steps=4, batch_size=4, cache_size=32),
 }
 
 
@@ -45,6 +46,7 @@ def pretrain(out: Path, *, stages: tuple[str, ...] = STAGES, scale: str = "full"
     from .clip import train_clip
     from .diffusion import DiffusionRun, train_diffusion
     from .instance import train_instance_encoder
+    from .text import train_text_encoder
 
     s = SCALES[scale]
     out.mkdir(parents=True, exist_ok=True)
@@ -57,6 +59,8 @@ def pretrain(out: Path, *, stages: tuple[str, ...] = STAGES, scale: str = "full"
 
     work = {
         "tokenizer": lambda: tok if (tok / "vocab.json").exists() else build_clip_tokenizer(tok, world_words()),
+        "text": lambda: train_text_encoder(out, tok, steps=s.text_steps, seed=seed, log=log,
+                                           **({"batch_size": s.batch_size, "pool": s.cache_size} if scale == "toy" else {})),
         "clip": lambda: train_clip(out, tok, steps=s.clip_steps, seed=seed, cache_size=s.cache_size, log=log,
                                    **({"batch_size": s.batch_size} if scale == "toy" else {})),
         "instance": lambda: train_instance_encoder(out, steps=s.instance_steps, seed=seed, log=log),
