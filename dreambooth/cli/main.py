@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=["tokenizer", "clip", "instance", "base", "sr"])
     pre.add_argument("--seed", type=int, default=0)
     world.set_defaults(func=cmd_world)
+    from ..eval.cli import add_eval_parser   # light: heavy imports wait for cmd_eval
+    add_eval_parser(sub)
     return parser
 
 
