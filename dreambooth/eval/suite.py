@@ -1,0 +1,196 @@
+"""`dreambooth eval --suite microworld`: the paper's findings in miniature, on every world subject.
+
+For each subject: render its photos, train DreamBooth variants from the world's base model, sample
+each under the protocol (the world's prompt list: DreamBench's prompts the world can draw) and
+score them with the world's encoders against the photos AND against the ideal render of each
+prompt, which only a procedural world can provide. The comparisons (issue 5):
+  1. base model prompted with "[V] class" (no fine-tuning) vs DreamBooth vs ideal renders;
+  2. with vs without prior preservation (PRES, DIV-DINO);
+  3. with vs without step (b) SR fine-tuning: DreamBooth's step (a) model through the world's untouched
+     SR model vs through an SR model fine-tuned on the same photos (detail fidelity at 64x64);
+  4. identifier: rare token vs a common word vs no identifier.
+When the world has an SR model (sr/), every row is rendered base -> SR at 64 px (the untouched SR
+except in the step (b) row), so all rows, and the ideal renders, are compared at one size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..config import TrainJob
+from ..core.generate import read_identifier
+from ..world.render import render
+from ..world.subjects import SUBJECTS, Subject, get_subject, ideal_scene, write_photos
+from .encoders import WORLD_MODELS, resolve_encoders
+from .protocol import Samples, Settings, fill, prompt_templates, sample_model
+from .score import embed_reference, embed_samples, score
+from .suite_report import write_suite_report
+
+BASE, IDEAL = "base", "ideal"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of fine-tuning, as `dreambooth train` settings."""
+    label: str
+    prior: bool = True                        # prior preservation on
+    identifier: str | None = None             # None: the tool's rare token; "": no identifier
+    sr: bool = False                          # also fine-tune the SR model (step b) on top of 'dreambooth'
+
+
+def variants(common_word: str) -> dict[str, Variant]:
+    return {"dreambooth": Variant("DreamBooth (rare token, prior preservation)"),
+            "no_prior": Variant("DreamBooth without prior preservation", prior=False),
+            "common_word": Variant(f"identifier: the common word '{common_word}'", identifier=common_word),
+            "no_identifier": Variant("no identifier ('a photo of ball')", identifier=""),
+            "sr_finetuned": Variant("DreamBooth + SR fine-tuning (step b)", sr=True)}
+
+
+@dataclass
+class SuiteConfig:
+    out: Path
+    world_dir: Path = WORLD_MODELS            # holds base/, clip/, instance/ (and sr/, tokenizer/)
+    subjects: tuple[str, ...] = tuple(SUBJECTS)
+    variants: tuple[str, ...] = ("dreambooth", "no_prior", "common_word", "no_identifier", "sr_finetuned")
+    common_word: str = "picture"              # a world word with a meaning of its own, not a class or colour
+    photos: int = 5
+    settings: Settings = field(default_factory=lambda: Settings(prompt_list="world", class_images=16))
+    # Training: untuned starting values for the world's small pixel-space UNet (not yet measured).
+    train_steps: int = 400
+    learning_rate: float = 5e-5
+    num_class_images: int = 50
+    train_text_encoder: bool = False
+    sr_train_steps: int | None = None         # step (b) steps (default: train_steps)
+    use_sr: bool = True                       # render through the world's SR model when it has one
+
+    def sr_folder(self) -> Path | None:
+        sr = self.world_dir / "sr"
+        return sr if self.use_sr and (sr / "model_index.json").is_file() else None
+
+    def check(self) -> None:
+        self.settings.check()
+        for s in self.subjects:
+            get_subject(s)
+        if not (self.world_dir / "base" / "model_index.json").is_file():
+            from ..errors import DreamboothError
+            raise DreamboothError(f"The micro world's models are not in {self.world_dir} (no base/model_index.json). "
+                                  "Build them with `dreambooth world pretrain --out DIR` (the diffusion stages need "
+                                  "a GPU; `--scale toy` for a smoke test) and pass --world-dir DIR.")
+        if "sr_finetuned" in self.variants and "dreambooth" not in self.variants:
+            from ..errors import DreamboothError
+            raise DreamboothError("The suite variant sr_finetuned fine-tunes the SR model on top of the "
+                                  "'dreambooth' variant; add dreambooth to --variants.")
+        unknown = set(self.variants) - set(variants(self.common_word))
+        if unknown:
+            from ..errors import DreamboothError
+            raise DreamboothError(f"Unknown suite variant(s) {sorted(unknown)}; choose from "
+                                  f"{', '.join(variants(self.common_word))}.")
+
+
+def train_job(cfg: SuiteConfig, subject: Subject, photos: Path, variant: Variant, out: Path) -> TrainJob:
+    job = TrainJob()
+    job.model.pretrained_model_name_or_path = str(cfg.world_dir / "base")
+    job.model.sr_model = str(cfg.sr_folder() or "none")     # recorded for step (b); train() runs step (a) only
+    job.superres.sr_max_train_steps = cfg.sr_train_steps
+    job.data.instance_data_dir = str(photos)
+    job.data.class_name = subject.cls
+    if variant.identifier == "":
+        job.data.instance_prompt = f"a photo of {subject.cls}"
+    elif variant.identifier is not None:
+        job.data.identifier = variant.identifier
+    job.prior.with_prior_preservation = variant.prior
+    job.prior.num_class_images = cfg.num_class_images
+    job.prior.class_inference_steps = cfg.settings.steps          # the protocol's sampler for class images too
+    job.optim.learning_rate = cfg.learning_rate
+    job.train.max_train_steps = cfg.train_steps
+    job.train.seed = cfg.settings.seed
+    job.train.train_text_encoder = cfg.train_text_encoder
+    job.checkpoint.checkpointing_steps = cfg.train_steps
+    job.checkpoint.checkpoints_total_limit = 1
+    job.output.output_dir = str(out)
+    job.output.report_to = "none"
+    return job
+
+
+def ideal_samples(subject: Subject, templates: tuple[str, ...], settings: Settings, size: int) -> Samples:
+    """The ideal render of every prompt (what a perfect model draws), at the model's output size."""
+    prompts = [fill(t, "[V]", subject.cls) for t in templates]
+    k = settings.images_per_prompt
+    images = [Image.fromarray(render(ideal_scene(subject, p, seed=settings.seed + i))).resize((size, size), Image.BOX)
+              for p in prompts for i in range(k)]
+    return Samples(IDEAL, "world renderer (ideal_scene)", prompts, [fill(t, "", subject.cls) for t in templates],
+                   images, [p for p in range(len(prompts)) for _ in range(k)],
+                   [settings.seed + i for _ in prompts for i in range(k)])
+
+
+def run_subject(cfg: SuiteConfig, subject: Subject, encoders, log) -> dict:
+    """Train, sample and score every variant of one subject; -> {figures, samples, seconds}."""
+    from ..core.cascade import sr_step
+    from ..core.train import train
+
+    folder = cfg.out / subject.name
+    photos = folder / "photos"
+    write_photos(subject, cfg.photos, photos, seed=cfg.settings.seed)
+    real = embed_reference([Image.open(p).convert("RGB") for p in sorted(photos.glob("*.png"))], encoders)
+    templates = prompt_templates(subject.cls, "world", cfg.settings.prompts)
+    class_prompt = f"a photo of {subject.cls}"
+    table = variants(cfg.common_word)
+    samples: dict[str, Samples] = {}
+    seconds: dict[str, float] = {}
+    untouched_sr = str(cfg.sr_folder() or "none")
+    models: dict[str, Path] = {}
+    ids: dict[str, str] = {}
+    for name in [n for n in table if n in cfg.variants]:      # canonical order: step (b) after 'dreambooth'
+        v = table[name]
+        if v.sr and cfg.sr_folder() is None:
+            log(f"{subject.name}/{name}: skipped, the world in {cfg.world_dir} has no SR model (sr/)")
+            continue
+        start = time.time()
+        if v.sr:    # step (b) from the 'dreambooth' variant's step (a): same identifier, prompts, seed
+            step_a = train_job(cfg, subject, photos, table["dreambooth"], models["dreambooth"])
+            job = sr_step(step_a, models["dreambooth"])
+            job.output.output_dir = str(folder / "models" / name)
+            sr_model, models[name], ids[name] = str(train(job)), models["dreambooth"], ids["dreambooth"]
+        else:
+            models[name] = train(train_job(cfg, subject, photos, v, folder / "models" / name))
+            sr_model, ids[name] = untouched_sr, "" if v.identifier == "" else read_identifier(models[name]) or ""
+        seconds[f"train/{name}"] = round(time.time() - start, 1)
+        samples[name] = sample_model(models[name], templates, identifier=ids[name], class_name=subject.cls,
+                                     class_prompt=class_prompt, settings=cfg.settings, label=v.label,
+                                     sr_model=sr_model)
+    # the untouched base model, prompted with the same "[V] class" prompts (paper: no fine-tuning)
+    rare = next((ids[n] for n in ("dreambooth", "no_prior") if n in ids), "")
+    samples[BASE] = sample_model(cfg.world_dir / "base", templates, identifier=rare,
+                                 class_name=subject.cls, class_prompt=class_prompt, settings=cfg.settings,
+                                 label="base model, '[V] class'", sr_model=untouched_sr)
+    size = samples[BASE].images[0].size[0]
+    samples[IDEAL] = ideal_samples(subject, templates, cfg.settings, size)
+    figures = {name: score(s, real, encoders, ideal=samples[IDEAL], embedded=embed_samples(s, encoders))
+               for name, s in samples.items()}
+    seconds.update({f"sample/{n}": s.seconds for n, s in samples.items()})
+    return {"figures": figures, "samples": samples, "seconds": seconds, "real_self": real.self_similarity()}
+
+
+def run_suite(cfg: SuiteConfig, command: str = "", log=print) -> Path:
+    """Every subject through every variant; writes OUT/metrics.json, OUT/report.md and pictures."""
+    cfg.check()
+    start = time.time()
+    encoders = resolve_encoders(str(cfg.world_dir / "clip"), str(cfg.world_dir / "instance"))
+    results = {}
+    for name in cfg.subjects:
+        log(f"== {name}")
+        results[name] = run_subject(cfg, get_subject(name), encoders, log)
+    wall = round(time.time() - start, 1)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    config["sr_folder"] = str(cfg.sr_folder()) if cfg.sr_folder() else None
+    report = write_suite_report(cfg.out, results, config=config, command=command, wall_seconds=wall,
+                                variant_labels={n: v.label for n, v in variants(cfg.common_word).items()})
+    (cfg.out / "suite_config.json").write_text(json.dumps(config, indent=1))
+    log(f"suite finished in {wall:.0f}s; report: {report}")
+    return report

@@ -1,0 +1,130 @@
+"""The micro-world suite's report: the four comparisons averaged over subjects, the issue's targets
+as ratios, per-subject tables and grids, metrics.json and a per-prompt CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from .report import NOTES, bar_chart, fmt, labelled_grid, markdown_table, paper_chart, prompt_rows, write_csv
+from .score import LABELS, Figures, mean_figures
+
+BASE, IDEAL = "base", "ideal"
+GRID_PROMPTS = 3            # prompts shown per variant in a subject's grid
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def targets(means: dict[str, dict]) -> list[list[object]]:
+    """The issue's targets as rows: [what, ours, reference, ratio, goal, met]."""
+    rows = []
+    for what, ours, ref, key, goal in (
+            ("subject fidelity (DINO) vs the ideal renders'", "dreambooth", IDEAL, "dino", 0.90),
+            ("prompt fidelity (CLIP-T) vs the base model's", "dreambooth", BASE, "clip_t", 0.95),
+            ("class diversity (DIV-DINO, with prior preservation) vs the base model's", "dreambooth", BASE,
+             "div_dino", 0.90)):
+        a, b = means.get(ours, {}).get(key), means.get(ref, {}).get(key)
+        r = _ratio(a, b)
+        rows.append([what, a, b, r, f">= {goal:.2f}", "—" if r is None else ("yes" if r >= goal else "no")])
+    return rows
+
+
+def _sr_section(means: dict[str, dict], labels: dict[str, str], config: dict) -> list[str]:
+    if "sr_finetuned" not in means:
+        return ["Not run: the world has no SR model (sr/), or the sr_finetuned variant was not selected."]
+    return [f"Both rows share DreamBooth's step (a) model; the first goes through the world's untouched SR "
+            f"model, the second through an SR model fine-tuned on the same photos "
+            f"({config['sr_train_steps'] or config['train_steps']} steps). Images at 64 px.", "",
+            comparison(means, labels, ("dreambooth", "sr_finetuned"), ("dino", "clip_i", "clip_t", "dino_ideal"))]
+
+
+def comparison(means: dict[str, dict], labels: dict[str, str], names: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    rows = [[labels.get(n, n), *(means[n].get(k) for k in keys)] for n in names if n in means]
+    return markdown_table(["", *(LABELS[k] for k in keys)], rows)
+
+
+def subject_grid(samples: dict, labels: dict[str, str]) -> Image.Image:
+    """Rows = variants (ideal first), columns = the first prompts' images."""
+    order = [IDEAL, BASE] + [n for n in samples if n not in (IDEAL, BASE)]
+    images, row_labels = [], []
+    for name in order:
+        s = samples[name]
+        shown = [im for im, p in zip(s.images, s.prompt_index) if p < GRID_PROMPTS]
+        images += shown
+        row_labels.append(labels.get(name, name))
+    cols = len(images) // len(order)
+    return labelled_grid(images, row_labels, cols=cols)
+
+
+def write_suite_report(out: Path, results: dict, *, config: dict, command: str, wall_seconds: float,
+                       variant_labels: dict[str, str]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    labels = {IDEAL: "ideal renders (upper bound)", BASE: "base model, '[V] class' (no fine-tuning)", **variant_labels}
+    names = list(next(iter(results.values()))["figures"])
+    means = {n: mean_figures([r["figures"][n] for r in results.values()]) for n in names}
+    record = {
+        "command": command, "config": config, "wall_seconds": wall_seconds,
+        "mean_over_subjects": means, "targets": targets(means),
+        "subjects": {s: {"seconds": r["seconds"], "photos_vs_one_another": r["real_self"],
+                         "figures": {n: f.headline() for n, f in r["figures"].items()},
+                         "per_prompt": {n: f.per_prompt for n, f in r["figures"].items()}}
+                     for s, r in results.items()},
+        "notes": list(NOTES),
+    }
+    (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    write_csv(out / "per_prompt.csv", ["subject", "variant"], [row for subject, r in results.items()
+                                                               for n, f in r["figures"].items()
+                                                               for row in prompt_rows([subject, n], f)])
+
+    as_figures = {labels[n]: Figures(**{k: v for k, v in means[n].items() if k in Figures.__dataclass_fields__})
+                  for n in names if n in (IDEAL, BASE, "dreambooth")}
+    paper_chart(as_figures, "Micro world, mean over subjects, vs the paper's Table 1").save(out / "chart_fidelity.png")
+    prior = [n for n in (BASE, "dreambooth", "no_prior") if n in means]
+    bar_chart(["PRES", "DIV-DINO"], {labels[n]: [means[n]["pres"], means[n]["div_dino"]] for n in prior},
+              "Prior preservation and class diversity").save(out / "chart_prior.png")
+    ident = [n for n in ("dreambooth", "common_word", "no_identifier") if n in means]
+    bar_chart(["DINO", "CLIP-I", "CLIP-T", "DINO vs ideal"],
+              {labels[n]: [means[n][k] for k in ("dino", "clip_i", "clip_t", "dino_ideal")] for n in ident},
+              "Identifier: rare token vs common word vs none").save(out / "chart_identifier.png")
+
+    s = config["settings"]
+    md = ["# Micro-world evaluation suite", "",
+          f"Command: `{command}`", "",
+          f"{len(results)} subject(s): {', '.join(results)}. Per subject: {config['photos']} photos, "
+          f"{s['prompts'] or 'all'} world prompts x {s['images_per_prompt']} images, {s['class_images']} class "
+          f"samples, {s['steps']} sampler steps, guidance {s['guidance_scale']}, seed {s['seed']} (image i of "
+          f"each prompt: seed + i). Training: {config['train_steps']} steps at lr {config['learning_rate']}, "
+          f"{config['num_class_images']} class images. Images: "
+          + (f"base -> SR (`{config['sr_folder']}`, untouched unless said) at 64 px" if config["sr_folder"]
+             else "the base model's own output") + f". Wall time {wall_seconds:.0f} s.", "",
+          "## Targets (issue 5)", "",
+          markdown_table(["", "ours", "reference", "ratio", "target", "met"], targets(means)), "",
+          "## 1. Base model vs DreamBooth vs ideal renders", "",
+          comparison(means, labels, (IDEAL, BASE, "dreambooth"), ("dino", "clip_i", "clip_t", "dino_ideal")), "",
+          "![fidelity](chart_fidelity.png)", "",
+          "## 2. Prior preservation", "", comparison(means, labels, tuple(prior), ("pres", "div_dino")), "",
+          "![prior](chart_prior.png)", "",
+          "## 3. Super-resolution fine-tuning (step b)", "", *_sr_section(means, labels, config), "",
+          "## 4. Identifier", "",
+          comparison(means, labels, tuple(ident), ("dino", "clip_i", "clip_t", "dino_ideal")), "",
+          "![identifier](chart_identifier.png)", "", "## Per subject", ""]
+    for subject, r in results.items():
+        subject_grid(r["samples"], labels).save(out / f"grid_{subject}.png")
+        rows = [[labels.get(n, n), *(getattr(f, k) for k in ("dino", "clip_i", "clip_t", "pres", "div_dino",
+                                                               "dino_ideal"))] for n, f in r["figures"].items()]
+        md += [f"### {subject}", "", markdown_table(["", "DINO", "CLIP-I", "CLIP-T", "PRES", "DIV-DINO",
+                                                     "DINO vs ideal"], rows), "",
+               f"Photos vs one another: DINO {fmt(r['real_self'].get('dino'))}, CLIP-I "
+               f"{fmt(r['real_self'].get('clip_i'))}. Seconds: "
+               + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()), "",
+               f"![{subject}](grid_{subject}.png)", ""]
+    md += ["## Notes", "", *[f"- {n}" for n in NOTES],
+           "- 'DINO vs ideal': mean DINO (instance encoder) similarity between a prompt's samples and the ideal "
+           "renders of the same prompt, at the model's output size.", "",
+           "Prompt templates: DreamBench (google/dreambooth, Ruiz et al. 2023), CC-BY 4.0.", ""]
+    (out / "report.md").write_text("\n".join(md))
+    return out / "report.md"

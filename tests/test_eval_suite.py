@@ -1,0 +1,86 @@
+"""`dreambooth eval --suite microworld` on a tiny untrained world: 1 subject, 2 prompts, 1 training step
+per variant. It checks the plumbing (every comparison present, the world's encoders used as defaults,
+the ideal renders as reference), not the figures, which random models cannot make meaningful."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_eval_cli import one_thread  # noqa: F401  (autouse: tiny models run on one thread)
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, ViTConfig, ViTModel
+
+from dreambooth.cli import main
+from dreambooth.eval.encoders import resolve_encoders, world_dir_of
+from dreambooth.tiny import build_clip_tokenizer
+from dreambooth.world.pretrain.diffusion import DiffusionRun, train_diffusion
+from dreambooth.world.vocab import world_words
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """The world's folders (tokenizer, text_encoder, clip, instance, base) as `dreambooth world pretrain`
+    lays them out, with small random encoders; the base and SR models get one toy training step."""
+    out = tmp_path_factory.mktemp("world")
+    tok = CLIPTokenizer.from_pretrained(build_clip_tokenizer(out / "tokenizer", world_words()))
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    text = dict(vocab_size=len(tok), max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **small)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(image_size=64, patch_size=16, **small),
+                                projection_dim=16))
+    clip.text_model.save_pretrained(out / "text_encoder")
+    clip.save_pretrained(out / "clip")
+    vit = ViTModel(ViTConfig(image_size=64, patch_size=16, **small), add_pooling_layer=False)
+    vit.save_pretrained(out / "instance")
+    for name in ("clip", "instance"):       # world pretraining's mark on its encoders
+        (out / name / "training.json").write_text(json.dumps({"toy": "random weights"}))
+    for kind in ("base", "sr"):
+        run = DiffusionRun(kind=kind, scale="toy", steps=1, batch_size=2, cache_size=4, checkpoint_every=1)
+        train_diffusion(run, out, out / "tokenizer", out / "text_encoder", lambda msg: None)
+    return out
+
+
+def test_world_models_default_to_the_world_encoders(world):
+    assert world_dir_of(world / "base") == world
+    enc = resolve_encoders(None, None, model=world / "base")
+    assert enc.clip.source == str(world / "clip") and enc.clip.prep.world and enc.dino.prep.world
+
+
+def test_suite_runs_every_comparison(world, tmp_path):
+    out = tmp_path / "suite"
+    assert main(["eval", "--suite", "microworld", "--world-dir", str(world), "--subjects", "striped_ball",
+                 "--prompts", "2", "--images-per-prompt", "1", "--class-images", "2", "--steps", "1",
+                 "--train-steps", "1", "--num-class-images", "1", "--out", str(out)]) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    figures = record["subjects"]["striped_ball"]["figures"]
+    assert set(figures) == {"dreambooth", "no_prior", "common_word", "no_identifier", "sr_finetuned", "base", "ideal"}
+    for name, f in figures.items():
+        assert all(-1 - 1e-6 <= f[k] <= 1 + 1e-6 for k in ("dino", "clip_i", "clip_t", "dino_ideal")), name
+        if name != "ideal":                                        # ideal renders have no class samples
+            assert 0 <= f["div_dino"] <= 2 + 1e-6 and -1 - 1e-6 <= f["pres"] <= 1 + 1e-6, name
+    per_prompt = record["subjects"]["striped_ball"]["per_prompt"]
+    # the world's prompt list (DreamBench prompts it can draw); rare token, common word and no identifier
+    assert [r["prompt"] for r in per_prompt["ideal"]] == ["a [V] ball in the jungle", "a [V] ball in the snow"]
+    assert per_prompt["common_word"][0]["prompt"] == "a picture ball in the jungle"
+    assert per_prompt["no_identifier"][0]["prompt"] == "a ball in the jungle"
+    identifier = json.loads((out / "striped_ball" / "models" / "dreambooth" / "identifier.json").read_text())
+    assert per_prompt["base"][0]["prompt"] == f"a {identifier['identifier']} ball in the jungle"
+    assert len(record["targets"]) == 3 and record["wall_seconds"] > 0
+    # every row rendered base -> SR at 64 px: the untouched world SR, except step (b)'s own
+    models = out / "striped_ball" / "models"
+    assert (models / "sr_finetuned" / "model_index.json").is_file()
+    sr_identifier = json.loads((models / "sr_finetuned" / "identifier.json").read_text())["identifier"]
+    assert sr_identifier == identifier["identifier"]
+    assert record["config"]["sr_folder"] == str(world / "sr")
+    from PIL import Image
+    assert Image.open(out / "grid_striped_ball.png").height == 7 * 2 * 64     # 7 rows of 64-px images, shown 2x
+    page = (out / "report.md").read_text()
+    for heading in ("## 1. Base model", "## 2. Prior preservation", "## 3. Super-resolution", "## 4. Identifier",
+                    "## Targets"):
+        assert heading in page
+    for name in ("chart_fidelity.png", "chart_prior.png", "chart_identifier.png", "grid_striped_ball.png",
+                 "per_prompt.csv"):
+        assert (out / name).is_file(), name
