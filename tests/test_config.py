@@ -81,7 +81,7 @@ def test_push_to_hub_is_refused_before_any_work(tmp_path):
 
 
 def test_harmless_diffusers_flags_are_noted_not_fatal():
-    job, notes = parse(["--allow_tf32", "--dataloader_num_workers=4", "--set_grads_to_none"])
+    job, notes = parse(["--model", "m", "--allow_tf32", "--dataloader_num_workers=4", "--set_grads_to_none"])
     assert len(notes) == 3 and all("ignored" in n for n in notes)
 
 
@@ -104,5 +104,23 @@ def test_every_diffusers_flag_is_recognised():
 
 
 def test_validation_scheduler_is_a_real_setting():
-    job, notes = parse(["--validation_scheduler=DDPMScheduler"])
+    job, notes = parse(["--model", "m", "--validation_scheduler=DDPMScheduler"])
     assert job.validation.validation_scheduler == "DDPMScheduler" and not notes
+
+
+def test_micro_world_preset_applies_only_without_a_model_and_under_every_user_setting(tmp_path):
+    from dreambooth.world.defaults import PRESET
+    job, notes = parse(["--instance_data_dir", "x", "--class-name", "ball"])
+    assert job.optim.learning_rate == PRESET["learning_rate"] != TrainJob().optim.learning_rate
+    assert job.prior.with_prior_preservation and any("micro world" in n for n in notes)
+    job, _ = parse(["--instance_data_dir", "x", "--learning-rate", "3e-5"])                 # a flag wins
+    assert job.optim.learning_rate == 3e-5 and job.train.max_train_steps == PRESET["max_train_steps"]
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("max_train_steps: 7\n")
+    job, _ = parse(["--config", str(cfg)])                                                   # a config value wins
+    assert job.train.max_train_steps == 7 and job.optim.learning_rate == PRESET["learning_rate"]
+    job, notes = parse(["--model", "some/model", "--instance_data_dir", "x"])             # a model: no preset
+    assert job.optim.learning_rate == TrainJob().optim.learning_rate and not any("micro world" in n for n in notes)
+    cfg.write_text("pretrained_model_name_or_path: some/model\n")
+    job, _ = parse(["--config", str(cfg)])
+    assert job.optim.learning_rate == TrainJob().optim.learning_rate

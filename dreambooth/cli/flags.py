@@ -86,9 +86,19 @@ def job_from_args(ns: argparse.Namespace, unknown: list[str]) -> tuple[TrainJob,
         if name in UNSUPPORTED:
             raise DreamboothError(f"--{name} is not supported: {UNSUPPORTED[name]}. Remove it and run again.")
         notes.append(f"note: --{name} is ignored: {IGNORED[name]}.")
-    job = load_yaml(values["config"]) if values.get("config") else TrainJob()
+    job = TrainJob()
+    if not values.get("pretrained_model_name_or_path") and not _config_names_model(values.get("config")):
+        from ..world.defaults import apply_preset   # no --model: the micro world's models and their settings
+        notes.append(f"note: no --model: personalizing the micro world's model with its settings {apply_preset(job)} "
+                     "(any flag or config value overrides them).")
+    if values.get("config"):
+        job = load_yaml(values["config"], job)
     fields = leaf_fields()
     for name, value in values.items():
         if name in fields:
             set_field(job, name, value, "command line")
     return job, notes
+
+
+def _config_names_model(path: str | None) -> bool:
+    return bool(path) and bool(load_yaml(path).model.pretrained_model_name_or_path)

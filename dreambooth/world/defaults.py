@@ -8,12 +8,37 @@ layout at 32 px, sr/ an IF stage II layout 32 -> 64 px). A run without --model u
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import DreamboothError
 
 MODELS = Path(__file__).resolve().parent / "models"
 WORLD_BASE = MODELS / "base"
 WORLD_SR = MODELS / "sr"
+
+
+# Settings for the micro world's models, applied when no --model is given, beneath any config file or
+# flag. Why not the diffusers defaults: those suit Stable Diffusion's 860M-parameter UNet (lr 5e-6);
+# the world's 3.9M-parameter UNets were pretrained at 4e-4 and barely move at 5e-6. Measured in
+# docs/microworld.md ("DreamBooth in the micro world").
+PRESET: dict[str, Any] = {
+    "learning_rate": 1e-4,
+    "max_train_steps": 300,
+    "sr_learning_rate": 1e-4,
+    "sr_max_train_steps": 200,
+    "with_prior_preservation": True,
+    "num_class_images": 50,
+    "validation_steps": 100,
+    "checkpointing_steps": 1000,
+}
+
+
+def apply_preset(job: Any) -> dict[str, Any]:
+    """Set PRESET's values on `job` (a TrainJob); returns them, for the note the CLI prints."""
+    from ..config import set_field
+    for name, value in PRESET.items():
+        set_field(job, name, value, "micro-world preset")
+    return PRESET
 
 
 def default_models(*, base: bool = True, sr: bool = True) -> tuple[Path | None, Path | None]:
