@@ -14,6 +14,8 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, ViTConfig, ViTMod
 
 from dreambooth.cli import main
 from dreambooth.eval.encoders import resolve_encoders, world_dir_of
+from dreambooth.eval.protocol import OBJECT_PROMPTS, Settings, world_prompts
+from dreambooth.eval.run import protocol_templates
 from dreambooth.tiny import build_clip_tokenizer
 from dreambooth.world.pretrain.diffusion import DiffusionRun, train_diffusion
 from dreambooth.world.vocab import world_words
@@ -45,6 +47,8 @@ def world(tmp_path_factory) -> Path:
 
 def test_world_models_default_to_the_world_encoders(world):
     assert world_dir_of(world / "base") == world
+    assert protocol_templates(world / "base", "ball", Settings()) == world_prompts()      # 'auto' in the world
+    assert protocol_templates(world / "base", "ball", Settings(prompt_list="object")) == OBJECT_PROMPTS
     enc = resolve_encoders(None, None, model=world / "base")
     assert enc.clip.source == str(world / "clip") and enc.clip.prep.world and enc.dino.prep.world
 

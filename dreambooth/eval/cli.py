@@ -37,8 +37,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     ev.add_argument("--identifier", help="the subject's identifier (default: the model's identifier.json)")
     ev.add_argument("--prompts", type=int, default=None, help="use the first N prompts of the list (default: all 25)")
     ev.add_argument("--prompt-list", "--prompt_list", dest="prompt_list", choices=PROMPT_LISTS, default="auto",
-                    help="DreamBench list: 'auto' picks 'live' for animals and 'object' otherwise; 'world': the "
-                         "object prompts the micro world can draw")
+                    help="DreamBench list: 'auto' picks 'world' (the object prompts the micro world can draw) for "
+                         "micro-world models, 'live' for animals, 'object' otherwise")
     ev.add_argument("--images-per-prompt", "--images_per_prompt", dest="images_per_prompt", type=int, default=4,
                     help="images per prompt (the paper's 4); image i of each prompt uses seed + i")
     ev.add_argument("--class-images", "--class_images", dest="class_images", type=int, default=16,

@@ -8,10 +8,19 @@ from pathlib import Path
 import torch
 
 from ..data.intake import read_image_folder
-from .encoders import Encoders, resolve_encoders
+from .encoders import Encoders, resolve_encoders, world_dir_of
 from .protocol import Settings, model_identifier, prompt_templates, read_class_prompt, sample_model
 from .report import write_report
 from .score import embed_reference, score
+
+
+def protocol_templates(model: str | Path, class_name: str, settings: Settings) -> tuple[str, ...]:
+    """The prompt list for a model: for micro-world models 'auto' means the prompts the world can draw
+    (it has no mountains or Eiffel Tower), else DreamBench's object or live-subject list."""
+    kind = settings.prompt_list
+    if kind == "auto" and world_dir_of(model) is not None:
+        kind = "world"
+    return prompt_templates(class_name, kind, settings.prompts)
 
 
 def run_eval(model: str, instance_data_dir: str, class_name: str, out: Path, *, settings: Settings,
@@ -23,7 +32,7 @@ def run_eval(model: str, instance_data_dir: str, class_name: str, out: Path, *, 
     photos = read_image_folder(Path(instance_data_dir), role="instance")
     log(photos.summary())
     ident = model_identifier(model, identifier)
-    templates = prompt_templates(class_name, settings.prompt_list, settings.prompts)
+    templates = protocol_templates(model, class_name, settings)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     encoders: Encoders = resolve_encoders(clip_model, dino_model, model, device)
     real = embed_reference([p.image for p in photos.photos], encoders)
