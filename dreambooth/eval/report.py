@@ -144,7 +144,9 @@ PROMPT_COLUMNS = ("dino", "clip_i", "clip_t", "dino_ideal")
 
 def prompt_rows(prefix: Sequence[str], figures: Figures) -> list[list[str]]:
     """CSV rows for one model's per-prompt figures, each row starting with `prefix`."""
-    return [[*prefix, row["prompt"], *(fmt(row.get(c)) for c in PROMPT_COLUMNS), " ".join(map(str, row["seeds"]))]
+    def cell(v: float | None) -> str:       # CSV: an empty cell, not a dash, where there is no figure
+        return "" if v is None or math.isnan(v) else f"{v:.4f}"
+    return [[*prefix, row["prompt"], *(cell(row.get(c)) for c in PROMPT_COLUMNS), " ".join(map(str, row["seeds"]))]
             for row in figures.per_prompt]
 
 
