@@ -57,7 +57,7 @@ def test_suite_runs_every_comparison(world, tmp_path):
     out = tmp_path / "suite"
     assert main(["eval", "--suite", "microworld", "--world-dir", str(world), "--subjects", "striped_ball",
                  "--prompts", "2", "--images-per-prompt", "1", "--class-images", "2", "--steps", "1",
-                 "--train-steps", "1", "--num-class-images", "1", "--out", str(out)]) == 0
+                 "--train-steps", "1", "--sr-train-steps", "1", "--num-class-images", "1", "--out", str(out)]) == 0
     record = json.loads((out / "metrics.json").read_text())
     figures = record["subjects"]["striped_ball"]["figures"]
     assert set(figures) == {"dreambooth", "no_prior", "common_word", "no_identifier", "sr_finetuned", "base", "ideal"}

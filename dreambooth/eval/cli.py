@@ -65,13 +65,13 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     suite.add_argument("--variants", nargs="+", default=None,
                        help="dreambooth no_prior common_word no_identifier sr_finetuned (default: all)")
     suite.add_argument("--train-steps", "--train_steps", dest="train_steps", type=int, default=None,
-                       help="DreamBooth steps per variant (default 400)")
+                       help="DreamBooth steps per variant (default: the micro-world preset's)")
     suite.add_argument("--num-class-images", "--num_class_images", dest="num_class_images", type=int, default=None,
-                       help="class images for prior preservation (default 50)")
+                       help="class images for prior preservation (default: the preset's)")
     suite.add_argument("--sr-train-steps", "--sr_train_steps", dest="sr_train_steps", type=int, default=None,
-                       help="step (b) SR fine-tuning steps of the sr_finetuned variant (default: --train-steps)")
+                       help="step (b) SR fine-tuning steps of the sr_finetuned variant (default: the preset's)")
     suite.add_argument("--learning-rate", "--learning_rate", dest="learning_rate", type=float, default=None,
-                       help="DreamBooth learning rate (default 5e-5)")
+                       help="DreamBooth learning rate (default: the preset's)")
     ev.set_defaults(func=cmd_eval)
     return ev
 

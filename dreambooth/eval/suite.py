@@ -26,6 +26,7 @@ from PIL import Image
 from ..config import TrainJob
 from ..core.generate import read_identifier
 from ..world.render import render
+from ..world.defaults import PRESET, apply_preset
 from ..world.subjects import SUBJECTS, Subject, get_subject, ideal_scene, write_photos
 from .encoders import WORLD_MODELS, resolve_encoders
 from .protocol import Samples, Settings, fill, prompt_templates, sample_model
@@ -61,12 +62,12 @@ class SuiteConfig:
     common_word: str = "picture"              # a world word with a meaning of its own, not a class or colour
     photos: int = 5
     settings: Settings = field(default_factory=lambda: Settings(prompt_list="world", class_images=16))
-    # Training: untuned starting values for the world's small pixel-space UNet (not yet measured).
-    train_steps: int = 400
-    learning_rate: float = 5e-5
-    num_class_images: int = 50
+    # Training: the micro-world preset's values (world/defaults.py), what `dreambooth train` uses there.
+    train_steps: int = PRESET["max_train_steps"]
+    learning_rate: float = PRESET["learning_rate"]
+    num_class_images: int = PRESET["num_class_images"]
     train_text_encoder: bool = False
-    sr_train_steps: int | None = None         # step (b) steps (default: train_steps)
+    sr_train_steps: int = PRESET["sr_max_train_steps"]      # step (b), at the preset's sr_learning_rate
     use_sr: bool = True                       # render through the world's SR model when it has one
 
     def sr_folder(self) -> Path | None:
@@ -95,6 +96,7 @@ class SuiteConfig:
 
 def train_job(cfg: SuiteConfig, subject: Subject, photos: Path, variant: Variant, out: Path) -> TrainJob:
     job = TrainJob()
+    apply_preset(job)                                       # as `dreambooth train` in the world, then ours
     job.model.pretrained_model_name_or_path = str(cfg.world_dir / "base")
     job.model.sr_model = str(cfg.sr_folder() or "none")     # recorded for step (b); train() runs step (a) only
     job.superres.sr_max_train_steps = cfg.sr_train_steps
@@ -111,7 +113,7 @@ def train_job(cfg: SuiteConfig, subject: Subject, photos: Path, variant: Variant
     job.train.max_train_steps = cfg.train_steps
     job.train.seed = cfg.settings.seed
     job.train.train_text_encoder = cfg.train_text_encoder
-    job.checkpoint.checkpointing_steps = cfg.train_steps
+    job.checkpoint.checkpointing_steps = max(cfg.train_steps, cfg.sr_train_steps)   # only the final one
     job.checkpoint.checkpoints_total_limit = 1
     job.output.output_dir = str(out)
     job.output.report_to = "none"

@@ -38,7 +38,7 @@ def _sr_section(means: dict[str, dict], labels: dict[str, str], config: dict) ->
         return ["Not run: the world has no SR model (sr/), or the sr_finetuned variant was not selected."]
     return [f"Both rows share DreamBooth's step (a) model; the first goes through the world's untouched SR "
             f"model, the second through an SR model fine-tuned on the same photos "
-            f"({config['sr_train_steps'] or config['train_steps']} steps). Images at 64 px.", "",
+            f"({config['sr_train_steps']} steps). Images at 64 px.", "",
             comparison(means, labels, ("dreambooth", "sr_finetuned"), ("dino", "clip_i", "clip_t", "dino_ideal"))]
 
 
