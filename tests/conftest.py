@@ -3,11 +3,13 @@ and saved to disk, so every test loads them through the same code a user's model
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from dreambooth.tiny import build_tiny_if, build_tiny_sd
@@ -57,3 +59,33 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("DREAMBOOTH_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    """The world's folders (tokenizer, text_encoder, clip, instance, base) as `dreambooth world pretrain`
+    lays them out, with small random encoders; the base and SR models get one toy training step."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, ViTConfig, ViTModel
+
+    from dreambooth.tiny import build_clip_tokenizer
+    from dreambooth.world.pretrain.diffusion import DiffusionRun, train_diffusion
+    from dreambooth.world.vocab import world_words
+
+    out = tmp_path_factory.mktemp("world")
+    tok = CLIPTokenizer.from_pretrained(build_clip_tokenizer(out / "tokenizer", world_words()))
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    text = dict(vocab_size=len(tok), max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **small)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(image_size=64, patch_size=16, **small),
+                                projection_dim=16))
+    clip.text_model.save_pretrained(out / "text_encoder")
+    clip.save_pretrained(out / "clip")
+    vit = ViTModel(ViTConfig(image_size=64, patch_size=16, **small), add_pooling_layer=False)
+    vit.save_pretrained(out / "instance")
+    for name in ("clip", "instance"):       # world pretraining's mark on its encoders
+        (out / name / "training.json").write_text(json.dumps({"toy": "random weights"}))
+    for kind in ("base", "sr"):
+        run = DiffusionRun(kind=kind, scale="toy", steps=1, batch_size=2, cache_size=4, checkpoint_every=1)
+        train_diffusion(run, out, out / "tokenizer", out / "text_encoder", lambda msg: None)
+    return out

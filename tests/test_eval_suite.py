@@ -10,39 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from test_eval_cli import one_thread  # noqa: F401  (autouse: tiny models run on one thread)
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, ViTConfig, ViTModel
 
 from dreambooth.cli import main
 from dreambooth.eval.encoders import resolve_encoders, world_dir_of
 from dreambooth.eval.protocol import OBJECT_PROMPTS, Settings, world_prompts
 from dreambooth.eval.run import protocol_templates
-from dreambooth.tiny import build_clip_tokenizer
-from dreambooth.world.pretrain.diffusion import DiffusionRun, train_diffusion
-from dreambooth.world.vocab import world_words
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    """The world's folders (tokenizer, text_encoder, clip, instance, base) as `dreambooth world pretrain`
-    lays them out, with small random encoders; the base and SR models get one toy training step."""
-    out = tmp_path_factory.mktemp("world")
-    tok = CLIPTokenizer.from_pretrained(build_clip_tokenizer(out / "tokenizer", world_words()))
-    torch.manual_seed(0)
-    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    text = dict(vocab_size=len(tok), max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **small)
-    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(image_size=64, patch_size=16, **small),
-                                projection_dim=16))
-    clip.text_model.save_pretrained(out / "text_encoder")
-    clip.save_pretrained(out / "clip")
-    vit = ViTModel(ViTConfig(image_size=64, patch_size=16, **small), add_pooling_layer=False)
-    vit.save_pretrained(out / "instance")
-    for name in ("clip", "instance"):       # world pretraining's mark on its encoders
-        (out / name / "training.json").write_text(json.dumps({"toy": "random weights"}))
-    for kind in ("base", "sr"):
-        run = DiffusionRun(kind=kind, scale="toy", steps=1, batch_size=2, cache_size=4, checkpoint_every=1)
-        train_diffusion(run, out, out / "tokenizer", out / "text_encoder", lambda msg: None)
-    return out
 
 
 def test_world_models_default_to_the_world_encoders(world):

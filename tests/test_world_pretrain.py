@@ -3,6 +3,7 @@ through diffusers' own IF pipelines."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 
@@ -85,3 +86,23 @@ def test_lowres_condition_is_the_degraded_image_not_the_target():
     assert (clean - high).abs().mean() > 0.05
     noisy = lowres_condition(low, 64, torch.randn_like(high), torch.tensor([999, 999]), alphas)
     assert (noisy - upsample(low, 64)).abs().mean() > 0.5     # the top level is almost pure noise
+
+
+def test_pretrain_command_builds_every_stage_and_resumes_as_a_no_op(tmp_path):
+    from dreambooth.cli.main import main
+    from dreambooth.world.pretrain.run import STAGES
+
+    torch.set_num_threads(1)
+    out = tmp_path / "world"
+    assert main(["world", "pretrain", "--out", str(out), "--scale", "toy"]) == 0
+    for folder, marker in (("tokenizer", "vocab.json"), ("text_encoder", "model.safetensors"),
+                           ("clip", "model.safetensors"), ("instance", "model.safetensors"),
+                           ("base", "model_index.json"), ("sr", "model_index.json")):
+        assert (out / folder / marker).exists(), folder
+    # finished encoder stages drop their checkpoints; the diffusion ones keep theirs (constant lr after warm-up:
+    # rerunning with more steps continues them)
+    assert {p.parent.name for p in out.glob(".*-ckpt/checkpoint-*")} == {".base-ckpt", ".sr-ckpt"}
+    log = json.loads((out / "pretrain_log.json").read_text())
+    assert list(log[0]["seconds"]) == list(STAGES)
+    main(["world", "pretrain", "--out", str(out), "--scale", "toy"])   # everything done: nothing retrained
+    assert max(json.loads((out / "pretrain_log.json").read_text())[1]["seconds"].values()) < 5

@@ -49,6 +49,13 @@ def cmd_world(ns: argparse.Namespace, unknown: list[str]) -> None:
         from ..world.pretrain.run import pretrain
         spent = pretrain(Path(ns.out), stages=tuple(ns.stages), scale=ns.scale, seed=ns.seed)
         print("seconds per stage:", spent)
+    elif ns.world_command == "gates":
+        import json
+        from ..world.defaults import MODELS
+        from ..world.gates import run_gates
+        figures = run_gates(Path(ns.models) if ns.models else MODELS, Path(ns.out), prompts=ns.prompts,
+                            sr_images=ns.sr_images, steps=ns.steps)
+        print(json.dumps(figures, indent=1))
     elif ns.world_command == "ideal":
         from PIL import Image
         from ..world.render import render
@@ -126,9 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", required=True)
     pre.add_argument("--scale", choices=["full", "toy"], default="full",
                      help="full: the shipped models (the diffusion stages need a GPU); toy: a smoke test")
-    pre.add_argument("--stages", nargs="+", default=["tokenizer", "clip", "instance", "base", "sr"],
-                     choices=["tokenizer", "clip", "instance", "base", "sr"])
+    from ..world.pretrain.run import STAGES
+    pre.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     pre.add_argument("--seed", type=int, default=0)
+    gates = wsub.add_parser("gates", help="measure the world models' quality gates (docs/microworld.md)")
+    gates.add_argument("--models", default=None, help="folder with base/ sr/ clip/ instance/ (default: the shipped)")
+    gates.add_argument("--out", default="world-gates", help="folder for gates.json and the pictures")
+    gates.add_argument("--prompts", type=int, default=72, help="held-out prompts for the base-model gate")
+    gates.add_argument("--sr-images", "--sr_images", dest="sr_images", type=int, default=48)
+    gates.add_argument("--steps", type=int, default=25, help="sampler steps per stage")
     world.set_defaults(func=cmd_world)
     from ..eval.cli import add_eval_parser   # light: heavy imports wait for cmd_eval
     add_eval_parser(sub)

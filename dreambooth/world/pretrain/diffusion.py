@@ -72,8 +72,8 @@ class DiffusionRun:
     scale: str = "full"        # full | toy
     steps: int = 20000
     batch_size: int = 64
-    learning_rate: float = 2e-4
-    ema_decay: float = 0.999
+    learning_rate: float = 4e-4
+    ema_decay: float = 0.998   # a short CPU-budget run: a 500-step averaging window
     caption_dropout: float = 0.1
     max_aug_level: int = 500   # sr: noise-augmentation levels drawn from [0, max_aug_level)
     crop: int = 0              # train on random crops of this size (0: whole images); the UNet is convolutional
