@@ -29,7 +29,7 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, aliases: tuple
     return field(default=default, metadata=meta)
 
 
-SAMPLERS = ("DPMSolverMultistepScheduler", "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "model")
+SAMPLERS = ("auto", "DPMSolverMultistepScheduler", "DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "model")
 
 
 @dataclass
@@ -73,8 +73,9 @@ class PriorConfig:
     prior_loss_weight: float = opt(1.0, "Weight of the prior-preservation loss.")
     sample_batch_size: int = opt(4, "Batch size for generating class images (doubled by guidance).")
     class_inference_steps: int = opt(25, "Sampler steps per generated class image.")
-    class_scheduler: str = opt("DPMSolverMultistepScheduler", "Sampler for class images: a diffusers scheduler "
-                               "class built from the model's scheduler config, or 'model' for the model's own.",
+    class_scheduler: str = opt("auto", "Sampler for class images: a diffusers scheduler class built from the "
+                               "model's scheduler config, 'model' for the model's own, or 'auto': the model's own "
+                               "when it clips its x0 predictions (pixel-space IF-style models), else DPM-Solver++.",
                                choices=SAMPLERS)
     class_guidance_scale: float = opt(7.5, "Classifier-free guidance for generated class images.")
     prior_generation_precision: str | None = opt(None, "Precision for class-image generation (default: the "
@@ -148,8 +149,8 @@ class ValidationConfig:
     validation_steps: int = opt(100, "Write a validation grid every N steps.")
     validation_inference_steps: int = opt(25, "Sampler steps for validation images.")
     validation_guidance_scale: float = opt(7.5, "Classifier-free guidance for validation images.")
-    validation_scheduler: str = opt("DPMSolverMultistepScheduler", "Sampler for validation images (as diffusers' "
-                                    "flag; 'model' keeps the model's own).", choices=SAMPLERS)
+    validation_scheduler: str = opt("auto", "Sampler for validation images (as diffusers' flag; 'model' keeps the "
+                                    "model's own; 'auto': see class_scheduler).", choices=SAMPLERS)
 
 
 @dataclass

@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-scale", "--guidance_scale", type=float, default=7.5, help="classifier-free guidance")
     gen.add_argument("--resolution", type=int, default=None, help="image size (default: the model's)")
     from ..config import SAMPLERS
-    gen.add_argument("--scheduler", choices=SAMPLERS, default="DPMSolverMultistepScheduler",
-                     help="sampler built from the model's scheduler config ('model': the model's own)")
+    gen.add_argument("--scheduler", choices=SAMPLERS, default="auto",
+                     help="sampler built from the model's scheduler config ('model': the model's own; 'auto': the model's own for pixel-space models that clip x0, else DPM-Solver++)")
     gen.set_defaults(func=cmd_generate)
 
     tiny = sub.add_parser("tiny-model", help="write a small random-weight model of a real architecture "

@@ -28,7 +28,7 @@ def read_identifier(folder: Path) -> str | None:
 
 def generate_grid(model_path: str, prompts: list[str], *, n: int, out: Path, seed: int, steps: int,
                   guidance_scale: float, resolution: int | None = None,
-                  scheduler: str = "DPMSolverMultistepScheduler", seeds: list[int] | None = None,
+                  scheduler: str = "auto", seeds: list[int] | None = None,
                   sr_model: str | None = None, sr_steps: int | None = None, sr_guidance_scale: float | None = None,
                   sr_noise_level: int | None = None) -> Path:
     """Write a grid (one row per prompt) and each image. Image i of a prompt uses seeds[i] (default

@@ -8,6 +8,7 @@ grids comparable across steps.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Iterable, Iterator
 
@@ -36,19 +37,40 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
 def sampler(pipe, name: str):
     """Temporarily sample with another diffusers scheduler built from the pipeline's own config
     (DPM-Solver++ reaches in ~25 steps what DDIM/PNDM need ~50 for); 'model' changes nothing."""
-    if name == "model":
+    name = sampler_name(pipe, name)
+    if name == type(pipe.scheduler).__name__:
         yield pipe
         return
     original = pipe.scheduler
-    pipe.scheduler = getattr(diffusers, name).from_config(original.config)
+    pipe.scheduler = getattr(diffusers, name).from_config(original.config, **_keep_in_range(original.config, name))
     try:
         yield pipe
     finally:
         pipe.scheduler = original
 
 
+def _keep_in_range(config, name: str) -> dict:
+    """A pixel-space model sampled with clip_sample (DeepFloyd IF, the micro world) is only trusted on
+    predictions of x0 inside [-1, 1]. Schedulers without clip_sample (DPM-Solver, UniPC) offer
+    thresholding instead; with sample_max_value = the clip range it is the same clamp. Without it,
+    the first steps from t ~ T (alpha_bar ~ 0) blow small errors in epsilon up into a noisy image."""
+    accepts = inspect.signature(getattr(diffusers, name).__init__).parameters
+    if config.get("clip_sample") and "thresholding" in accepts and "clip_sample" not in accepts:
+        return {"thresholding": True, "sample_max_value": config.get("clip_sample_range", 1.0)}
+    return {}
+
+
 def sampler_name(pipe, name: str) -> str:
-    return type(pipe.scheduler).__name__ if name == "model" else name
+    """The scheduler class a sampler name stands for on this pipeline ('model', 'auto' resolved).
+
+    'auto': DPM-Solver++ (25 steps do) unless the model's own scheduler clips or thresholds its x0
+    predictions (DeepFloyd IF, the micro world): those models were trained for that sampler, and
+    DPM-Solver left visible noise in the micro world's samples even with thresholding."""
+    own = type(pipe.scheduler).__name__
+    if name == "auto":
+        config = pipe.scheduler.config
+        return own if config.get("clip_sample") or config.get("thresholding") else "DPMSolverMultistepScheduler"
+    return own if name == "model" else name
 
 
 def make_grid(images: Iterable[Image.Image], cols: int | None = None) -> Image.Image:

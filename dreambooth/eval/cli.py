@@ -55,8 +55,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     ev.add_argument("--base-sr-model", "--base_sr_model", dest="base_sr_model", default=None,
                     help="SR pipeline for the --base-model row (default: BASE_MODEL/sr/ when it exists), e.g. the "
                          "untouched SR model beside a fine-tuned cascade")
-    ev.add_argument("--scheduler", choices=SAMPLERS, default="DPMSolverMultistepScheduler",
-                    help="sampler built from the model's scheduler config ('model': the model's own)")
+    ev.add_argument("--scheduler", choices=SAMPLERS, default="auto",
+                    help="sampler (as for `dreambooth generate`; 'auto' by default)")
     suite = ev.add_argument_group("micro-world suite (--suite microworld)")
     suite.add_argument("--suite", choices=["microworld"], help="train and evaluate every built-in world subject")
     suite.add_argument("--world-dir", "--world_dir", dest="world_dir", default=None,

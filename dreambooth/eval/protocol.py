@@ -96,7 +96,7 @@ class Settings:
     steps: int = 25
     guidance_scale: float = 7.5
     seed: int = 0
-    scheduler: str = "DPMSolverMultistepScheduler"
+    scheduler: str = "auto"
     prompt_list: str = "auto"
     batch_size: int = 8
     sr_model: str | None = None              # None: MODEL/sr/ when present; 'none': base only; or a folder

@@ -23,7 +23,7 @@ from .encoders import instance_embeds, load_instance_encoder, load_world_clip, t
 from .pretrain.clip import HELDOUT_STREAM, zero_shot_accuracy
 from .pretrain.data import render_batch, sample
 
-SCHEDULER = "DPMSolverMultistepScheduler"
+SCHEDULER = "auto"
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
