@@ -49,7 +49,7 @@ def variants(common_word: str) -> dict[str, Variant]:
     return {"dreambooth": Variant("DreamBooth (rare token, prior preservation)"),
             "no_prior": Variant("DreamBooth without prior preservation", prior=False),
             "common_word": Variant(f"identifier: the common word '{common_word}'", identifier=common_word),
-            "no_identifier": Variant("no identifier ('a photo of ball')", identifier=""),
+            "no_identifier": Variant("no identifier ('a photo of CLASS')", identifier=""),
             "sr_finetuned": Variant("DreamBooth + SR fine-tuning (step b)", sr=True)}
 
 
