@@ -17,8 +17,8 @@ from ...tiny import build_clip_tokenizer
 from ..vocab import world_words
 
 # Steps of the shipped diffusion models: as long as the session that trained them could give them.
-BASE_STEPS = 3000
-SR_STEPS = 1500
+BASE_STEPS = 3500
+SR_STEPS = 2000
 
 STAGES = ("tokenizer", "text", "clip", "instance", "base", "sr")
 
