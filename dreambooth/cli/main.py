@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = wsub.add_parser("pretrain", help="rebuild the world's models from seeds (resumable: rerun to continue)")
     pre.add_argument("--out", required=True)
     pre.add_argument("--scale", choices=["full", "toy"], default="full",
-                     help="full: the shipped models (the diffusion stages need a GPU); toy: a smoke test")
+                     help="full: the shipped models (about 1.5 h per diffusion stage on one CPU core); toy: a smoke test")
     from ..world.pretrain.run import STAGES
     pre.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     pre.add_argument("--seed", type=int, default=0)

@@ -50,9 +50,8 @@ def default_models(*, base: bool = True, sr: bool = True) -> tuple[Path | None, 
         if not (path / "model_index.json").exists():
             raise DreamboothError(
                 f"No --model was given, so dreambooth uses the micro world's {kind} model, but {path} holds no "
-                f"pipeline (it is not shipped with this checkout yet). Pass --model PATH with a diffusers pipeline "
+                f"pipeline (the folder is part of the package: was it deleted, or is this a partial copy?). Pass --model PATH with a diffusers pipeline "
                 f"folder (for example one made by `dreambooth tiny-model --out tiny-sd`)"
                 + (", add --no-sr to train the base model only" if kind == "super-resolution" else "")
-                + f", or build the world's models with `dreambooth world pretrain --out {path.parent}` "
-                "(its diffusion stages need a GPU).")
+                + f", or rebuild the world's models with `dreambooth world pretrain --out {path.parent}`.")
     return (WORLD_BASE if base else None), (WORLD_SR if sr else None)
