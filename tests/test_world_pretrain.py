@@ -64,14 +64,15 @@ def test_cascade_runs_through_diffusers_if_pipelines(text_parts, tmp_path):
     assert model.sr.lowres == 32 and model.resolution == 64 and not model.latent
 
 
-def test_random_crop_takes_one_window_through_every_channel():
-    x = torch.arange(2 * 9 * 64 * 64, dtype=torch.float32).reshape(2, 9, 64, 64)   # [x_t ; low-res ; noise]
-    out = random_crop(x, 32, torch.Generator().manual_seed(3))
-    assert out.shape == (2, 9, 32, 32)
-    i, j = divmod(int(out[0, 0, 0, 0].item()), 64)
-    # the same window in every channel: the noise target stays aligned with the noisy input
-    assert torch.equal(out, x[..., i:i + 32, j:j + 32])
-    assert random_crop(x, 0, torch.Generator()) is x
+def test_random_crop_takes_one_window_through_every_tensor():
+    x = torch.arange(2 * 6 * 64 * 64, dtype=torch.float32).reshape(2, 6, 64, 64)   # [x_t ; low-res]
+    noise = x[:, :3] + 0.5                                                          # the target
+    cx, cn = random_crop((x, noise), 32, torch.Generator().manual_seed(3))
+    assert cx.shape == (2, 6, 32, 32) and cn.shape == (2, 3, 32, 32)
+    i, j = divmod(int(cx[0, 0, 0, 0].item()), 64)
+    # the same window in every tensor: the noise target stays aligned with the noisy input
+    assert torch.equal(cx, x[..., i:i + 32, j:j + 32]) and torch.equal(cn, noise[..., i:i + 32, j:j + 32])
+    assert random_crop((x, noise), 0, torch.Generator()) == (x, noise)
 
 
 def test_lowres_condition_is_the_degraded_image_not_the_target():
