@@ -65,9 +65,10 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
 def world(tmp_path_factory) -> Path:
     """The world's folders (tokenizer, text_encoder, clip, instance, base) as `dreambooth world pretrain`
     lays them out, with small random encoders; the base and SR models get one toy training step."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, ViTConfig, ViTModel
+    from transformers import CLIPTextConfig, CLIPTokenizer, ViTConfig, ViTModel
 
     from dreambooth.tiny import build_clip_tokenizer
+    from dreambooth.world.clipnet import WorldCLIP
     from dreambooth.world.pretrain.diffusion import DiffusionRun, train_diffusion
     from dreambooth.world.vocab import world_words
 
@@ -77,8 +78,7 @@ def world(tmp_path_factory) -> Path:
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     text = dict(vocab_size=len(tok), max_position_embeddings=77, bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **small)
-    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(image_size=64, patch_size=16, **small),
-                                projection_dim=16))
+    clip = WorldCLIP(CLIPTextConfig(**text), width=32, projection_dim=16)
     clip.text_model.save_pretrained(out / "text_encoder")
     clip.save_pretrained(out / "clip")
     vit = ViTModel(ViTConfig(image_size=64, patch_size=16, **small), add_pooling_layer=False)

@@ -80,6 +80,18 @@ def test_min_snr_weights_by_hand():
     assert v.tolist() == pytest.approx([1.0 / (0.64 / 0.36 + 1), (1 / 3) / (1 / 3 + 1)])
 
 
+def test_min_snr_plus_one_keeps_the_high_noise_end():
+    # x0-terms weight min(snr, g) + 1; for v it is divided by snr + 1
+    t = torch.tensor([0, 2])
+    v = min_snr_weights(t, ALPHAS, gamma=1.0, prediction_type="v_prediction", plus_one=True)
+    assert v.tolist() == pytest.approx([2.0 / (0.64 / 0.36 + 1), (1 / 3 + 1) / (1 / 3 + 1)])
+    # at pure noise (snr -> 0) the usual form gives v almost no weight, the +1 form full weight
+    noisy = torch.tensor([1e-6, 1e-6 / (1 + 1e-6)])
+    usual = min_snr_weights(torch.tensor([0]), noisy[:1], 5.0, "v_prediction")
+    kept = min_snr_weights(torch.tensor([0]), noisy[:1], 5.0, "v_prediction", plus_one=True)
+    assert usual.item() < 1e-5 and kept.item() == pytest.approx(1.0, rel=1e-4)
+
+
 def test_weights_scale_each_sample():
     parts = dreambooth_loss(torch.tensor([2.0, 4.0, 6.0]), torch.tensor([False, False, True]), 1.0,
                             weights=torch.tensor([0.5, 1.0, 2.0]))

@@ -104,6 +104,21 @@ def test_pretrain_command_builds_every_stage_and_resumes_as_a_no_op(tmp_path):
     # rerunning with more steps continues them)
     assert {p.parent.name for p in out.glob(".*-ckpt/checkpoint-*")} == {".base-ckpt", ".sr-ckpt"}
     log = json.loads((out / "pretrain_log.json").read_text())
-    assert list(log[0]["seconds"]) == list(STAGES)
-    main(["world", "pretrain", "--out", str(out), "--scale", "toy"])   # everything done: nothing retrained
-    assert max(json.loads((out / "pretrain_log.json").read_text())[1]["seconds"].values()) < 5
+    assert set(log[0]["seconds"]) == {*STAGES, "wall"} and log[0]["parallel"]    # two lane processes ran
+    assert "== base" in (out / "pretrain-lane0.log").read_text()                        # each lane logs to its file
+    main(["world", "pretrain", "--out", str(out), "--scale", "toy", "--serial"])  # everything done: nothing retrained
+    again = json.loads((out / "pretrain_log.json").read_text())[1]["seconds"]
+    assert max(v for k, v in again.items() if k != "wall") < 5
+
+
+@pytest.mark.parametrize("kind", ["base", "sr"])
+def test_world_unets_can_set_a_global_colour(kind):
+    """With one channel per GroupNorm group, the norm before conv_out is an instance norm: it fixes
+    every output channel's spatial mean, so the model cannot predict the noise's mean (DC) or a global
+    colour (the first shipped models had this flaw). Every norm must group several channels."""
+    from dreambooth.world.pretrain.diffusion import SIZES, build_unet
+
+    unet = build_unet(kind, SIZES[(kind, "full")], cross_attention_dim=128)
+    norms = [m for m in unet.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_channels // m.num_groups >= 2 for m in norms)
+    assert unet.conv_norm_out.num_channels // unet.conv_norm_out.num_groups >= 4

@@ -47,7 +47,7 @@ def cmd_world(ns: argparse.Namespace, unknown: list[str]) -> None:
         print(f"wrote {len(paths)} photos of {ns.subject} to {ns.out}")
     elif ns.world_command == "pretrain":
         from ..world.pretrain.run import pretrain
-        spent = pretrain(Path(ns.out), stages=tuple(ns.stages), scale=ns.scale, seed=ns.seed)
+        spent = pretrain(Path(ns.out), stages=tuple(ns.stages), scale=ns.scale, seed=ns.seed, parallel=not ns.serial)
         print("seconds per stage:", spent)
     elif ns.world_command == "gates":
         import json
@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre = wsub.add_parser("pretrain", help="rebuild the world's models from seeds (resumable: rerun to continue)")
     pre.add_argument("--out", required=True)
     pre.add_argument("--scale", choices=["full", "toy"], default="full",
-                     help="full: the shipped models (about 1.5 h per diffusion stage on one CPU core); toy: a smoke test")
+                     help="full: the shipped models (under 2 hours on a 2-core CPU); toy: a smoke test")
+    pre.add_argument("--serial", action="store_true",
+                     help="run the stages one after another in this process (default: two side-by-side lanes)")
     from ..world.pretrain.run import STAGES
     pre.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     pre.add_argument("--seed", type=int, default=0)
@@ -156,6 +158,9 @@ def _no_unknown(unknown: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ns, unknown = build_parser().parse_known_args(argv)
     try:
+        if ns.func is not cmd_world or ns.world_command not in ("subjects", "photos", "ideal"):
+            from ..quiet import quiet_libraries   # imports diffusers: not for the instant commands
+            quiet_libraries()
         ns.func(ns, unknown)
     except DreamboothError as e:
         print(f"error: {e}", file=sys.stderr)

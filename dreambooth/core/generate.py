@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..config import ModelConfig
 from .cascade import SR_SUBDIR
@@ -47,7 +48,8 @@ def generate_grid(model_path: str, prompts: list[str], *, n: int, out: Path, see
     flat = [p for p in prompts for _ in seeds]
     all_seeds = [s for _ in prompts for s in seeds]
     stages = {"base": render(base, fill_prompts(flat, identifier, model_path), all_seeds, steps=steps,
-                             guidance_scale=guidance_scale, scheduler=scheduler, batch_size=len(seeds))}
+                             guidance_scale=guidance_scale, scheduler=scheduler, batch_size=len(seeds),
+                             desc="images" if not sr_path else "base images")}
     del base   # one pipeline in memory at a time
     if sr_path:
         sr, sr_identifier = open_model(sr_path)
@@ -61,7 +63,7 @@ def generate_grid(model_path: str, prompts: list[str], *, n: int, out: Path, see
             sr_guidance_scale = inspect.signature(sr.pipe.__call__).parameters["guidance_scale"].default
         stages["sr"] = render(sr, fill_prompts(flat, sr_identifier or identifier, sr_path), all_seeds,
                               steps=sr_steps or steps, guidance_scale=sr_guidance_scale, scheduler=scheduler,
-                              batch_size=len(seeds), images=stages["base"], **kwargs)
+                              batch_size=len(seeds), images=stages["base"], desc="super-resolution", **kwargs)
     return save_images(stages, [(j, s) for j in range(len(prompts)) for s in seeds], out, cols=len(seeds))
 
 
@@ -88,10 +90,12 @@ def fill_prompts(prompts: list[str], identifier: str | None, model_path: str) ->
 
 
 def render(model: Model, prompts: list[str], seeds: list[int], *, steps: int, guidance_scale: float, scheduler: str,
-           batch_size: int, **kwargs) -> list[Image.Image]:
+           batch_size: int, desc: str | None = None, **kwargs) -> list[Image.Image]:
+    """One image per (prompt, seed); `desc` shows a progress bar over the images."""
     with sampler(model.pipe, scheduler):
-        return [im for _, im in generate(model.pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale,
-                                         batch_size=batch_size, **model.sample_kwargs(), **kwargs)]
+        images = generate(model.pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale,
+                          batch_size=batch_size, **model.sample_kwargs(), **kwargs)
+        return [im for _, im in tqdm(images, total=len(prompts), desc=desc, unit="img", disable=desc is None)]
 
 
 def save_images(stages: dict[str, list[Image.Image]], names: list[tuple[int, int]], out: Path, cols: int) -> Path:

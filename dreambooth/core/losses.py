@@ -47,11 +47,19 @@ def snr(t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return a / (1 - a)
 
 
-def min_snr_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma weights (Hang et al. 2023) expressed for the model's own target:
-    epsilon: min(snr, g) / snr; v-prediction: min(snr, g) / (snr + 1); x0: min(snr, g)."""
+def min_snr_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str, *,
+                    plus_one: bool = False) -> torch.Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023) expressed for the model's own target.
+
+    In clean-image (x0) terms the weight is w = min(snr, g); an epsilon loss already carries a
+    factor snr and a v loss a factor snr + 1, so the weight on the target's loss is
+    epsilon: w / snr; v-prediction: w / (snr + 1); x0: w.
+    plus_one: w = min(snr, g) + 1 instead. Why: the usual form gives the high-noise end (snr -> 0)
+    almost no weight, yet that end decides layout and colour when sampling starts from pure noise;
+    with +1 a v-prediction loss keeps full weight there (w / (snr + 1) -> 1).
+    """
     s = snr(t, alphas_cumprod)
-    clipped = torch.clamp(s, max=gamma)
+    clipped = torch.clamp(s, max=gamma) + (1.0 if plus_one else 0.0)
     if prediction_type == "epsilon":
         return clipped / s
     if prediction_type == "v_prediction":

@@ -23,6 +23,8 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
     """Yield (index, image) for each (prompt, seed) pair, `batch_size` at a time. `images`: one input
     image per prompt, for pipelines that take one (a super-resolution model's low-res input)."""
     assert len(prompts) == len(seeds) and (images is None or len(images) == len(prompts))
+    # Callers show one bar per phase (class images, samples); a sampler bar per batch would nest in it.
+    pipe.set_progress_bar_config(disable=True)
     for start in range(0, len(prompts), batch_size):
         chunk = range(start, min(start + batch_size, len(prompts)))
         generators = [torch.Generator().manual_seed(seeds[i]) for i in chunk]

@@ -1,10 +1,10 @@
-"""The micro world's judges: micro-CLIP (text-image agreement) and the instance encoder (the world's
-DINO: subject fidelity), loaded from ordinary transformers folders, plus the scoring helpers.
+"""The micro world's judges: micro-CLIP (text-image agreement; `clipnet.WorldCLIP`) and the instance
+encoder (the world's DINO, a transformers ViTModel: subject fidelity), plus the scoring helpers.
 
 Images everywhere are float tensors (B, 3, H, W) in [-1, 1], as `pretrain.data` renders them and as
 diffusion pipelines decode them; no mean/std normalisation (the encoders were trained on [-1, 1]).
-32-px images (base-model samples) are upsampled bilinearly to the encoders' 64 px, the same way
-training augmented renders, so both resolutions are judged by one model.
+micro-CLIP reads 32 px (64-px renders are box-filtered to it); the instance encoder reads 64 px, and
+32-px images are upsampled bilinearly to it, the same way its training augmented renders.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import CLIPModel, ViTModel
+from transformers import ViTModel
+
+from .clipnet import WorldCLIP
 
 SIZE = 64
 _CHUNK = 256          # images per forward pass in the no-grad helpers: bounds memory on big sets
@@ -31,8 +33,8 @@ def to_64(images: torch.Tensor) -> torch.Tensor:
                          antialias=images.shape[-1] > SIZE)
 
 
-def load_world_clip(folder: str | Path) -> CLIPModel:
-    return CLIPModel.from_pretrained(folder, dtype=torch.float32).eval()
+def load_world_clip(folder: str | Path) -> WorldCLIP:
+    return WorldCLIP.from_pretrained(folder)
 
 
 def load_instance_encoder(folder: str | Path) -> ViTModel:
@@ -41,13 +43,13 @@ def load_instance_encoder(folder: str | Path) -> ViTModel:
 
 # -- differentiable features (training) -------------------------------------------------------
 
-def clip_image_features(model: CLIPModel, images: torch.Tensor) -> torch.Tensor:
-    return F.normalize(model.get_image_features(pixel_values=to_64(images)).pooler_output, dim=-1)
+def clip_image_features(model: WorldCLIP, images: torch.Tensor) -> torch.Tensor:
+    """Any size: the tower box-filters to its own 32 px (base samples are 32 px already)."""
+    return F.normalize(model.get_image_features(images), dim=-1)
 
 
-def clip_text_features(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    out = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-    return F.normalize(out.pooler_output, dim=-1)
+def clip_text_features(model: WorldCLIP, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return F.normalize(model.get_text_features(input_ids, attention_mask), dim=-1)
 
 
 def instance_features(model: ViTModel, images: torch.Tensor) -> torch.Tensor:
@@ -59,12 +61,12 @@ def instance_features(model: ViTModel, images: torch.Tensor) -> torch.Tensor:
 # -- evaluation helpers -----------------------------------------------------------------------
 
 @torch.no_grad()
-def clip_image_embeds(model: CLIPModel, images: torch.Tensor) -> torch.Tensor:
+def clip_image_embeds(model: WorldCLIP, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([clip_image_features(model, c) for c in images.split(_CHUNK)])
 
 
 @torch.no_grad()
-def clip_text_embeds(model: CLIPModel, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+def clip_text_embeds(model: WorldCLIP, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
     # pad to the longest: the text tower is causal and pools at the first end token, so padding
     # after it cannot change the embedding
     enc = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
@@ -88,7 +90,7 @@ def fill_template(template: str, label: str) -> str:
 
 
 @torch.no_grad()
-def zero_shot(model: CLIPModel, tokenizer: Any, images: torch.Tensor, labels: Sequence[str],
+def zero_shot(model: WorldCLIP, tokenizer: Any, images: torch.Tensor, labels: Sequence[str],
               template: str | Sequence[str]) -> torch.Tensor:
     """-> (B,) index into `labels` of each image's best-matching prompt.
 

@@ -1,10 +1,11 @@
 """Quality gates of the micro world's diffusion models, measured on held-out prompts and renders.
 
-base: samples of held-out prompts are read by micro-CLIP (zero-shot class, colour, context); the
-      gate compares each rate with the same reading of real renders of the same prompts.
-sr:   real 32x32 renders (box-filtered from the true 64x64) are upscaled by the SR model and by
-      bicubic interpolation; both are scored against the true 64x64 render (PSNR, and cosine
-      similarity under the instance encoder, which sees the fine marks).
+base:    samples of held-out prompts are read by micro-CLIP (zero-shot class, colour, context); the
+         gate compares each rate with the same reading of real renders of the same prompts.
+sr:      real 32x32 renders (box-filtered from the true 64x64) are upscaled by the SR model and by
+         bicubic interpolation; both are scored against the true 64x64 render (PSNR, and cosine
+         similarity under the instance encoder, which sees the fine marks).
+cascade: base samples upsampled by the SR model vs bicubically: high-frequency energy of each.
 Held-out means the evaluation stream of `pretrain.clip` (HELDOUT_STREAM): no training render.
 """
 
@@ -74,6 +75,30 @@ def sr_gate(models: Path, n: int = 48, steps: int = 25, noise_level: int = 50, s
     return out, (low, bicubic, sr, real)
 
 
+def sharpness(images: torch.Tensor) -> torch.Tensor:
+    """(B,) mean absolute Laplacian: high-frequency energy, the detail an upsampler adds or blurs away."""
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).expand(3, 1, 3, 3)
+    return F.conv2d(images.float(), kernel, groups=3).abs().flatten(1).mean(1)
+
+
+def cascade_gate(models: Path, n: int = 12, steps: int = 25, noise_level: int = 50, seed: int = 0) -> tuple[dict, tuple]:
+    """Base samples of held-out prompts, upsampled bicubically vs through the SR model: is the cascade
+    sharper? Real 64 px renders give the sharpness to aim at."""
+    base, _ = open_model(str(models / "base"))
+    sr, _ = open_model(str(models / "sr"))
+    captions, real, _ = heldout(n)
+    low = render(base, captions, [seed + i for i in range(n)], steps=steps, guidance_scale=4.0, scheduler=SCHEDULER,
+                 batch_size=n)
+    up = render(sr, captions, [seed + i for i in range(n)], steps=steps, guidance_scale=1.0, scheduler=SCHEDULER,
+                batch_size=n, images=low, noise_level=noise_level)
+    low_t = torch.stack([to_tensor(im) for im in low])
+    bicubic = F.interpolate(low_t, size=64, mode="bicubic", align_corners=False).clamp(-1, 1)
+    cascade = torch.stack([to_tensor(im) for im in up])
+    return ({"images": n, "noise_level": noise_level, "sharpness/bicubic": sharpness(bicubic).mean().item(),
+             "sharpness/cascade": sharpness(cascade).mean().item(), "sharpness/real": sharpness(real).mean().item()},
+            (bicubic, cascade))
+
+
 def cascade_speed(models: Path, n: int = 4, steps: int = 25) -> dict:
     """Seconds to load base + SR, and to render n cascade images (base -> SR) on this machine."""
     t0 = time.time()
@@ -108,6 +133,8 @@ def run_gates(models: Path, out: Path, *, prompts: int = 72, sr_images: int = 48
     figures["sr"], (low, bicubic, sr, real) = sr_gate(models, n=sr_images, steps=steps)
     k = min(12, sr_images)   # rows: upsampled input, bicubic, SR model, true 64 px render
     to_pil(to_64_grid([low[:k], bicubic[:k], sr[:k], real[:k]])).save(out / "sr_vs_bicubic.png")
+    figures["cascade"], (bicubic, cascade) = cascade_gate(models, n=min(12, prompts), steps=steps)
+    to_pil(to_64_grid([bicubic, cascade])).save(out / "cascade_vs_bicubic.png")   # rows: base upsampled, cascade
     figures["speed"] = cascade_speed(models, steps=steps)
     (out / "gates.json").write_text(json.dumps(figures, indent=1))
     return figures

@@ -1,9 +1,10 @@
-"""micro-CLIP: a small transformers CLIPModel trained contrastively on (render, caption) pairs.
+"""micro-CLIP (`clipnet.WorldCLIP`) trained contrastively on (render, caption) pairs.
 
 Its text tower is the world's text encoder (stage `text`), frozen: the same weights the base and
-SR models cross-attend to, as CLIP's text tower is Stable Diffusion's text encoder. Its image side
-judges text-image agreement of generated samples, including 32-px base-model samples, hence the
-64 -> 32 -> 64 augmentation during training.
+SR models cross-attend to, as CLIP's text tower is Stable Diffusion's text encoder. Its conv image
+tower reads 32 px, the base model's resolution, so it judges base samples as it judges renders.
+Because the text tower is frozen and captions come from a finite grammar, each caption's pooled
+text output is computed once and cached: a step costs the image tower and the projections only.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
+from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..encoders import clip_text_features, fix_articles, load_world_clip, to_64, zero_shot
+from ..clipnet import WorldCLIP
+from ..encoders import fix_articles, load_world_clip, zero_shot
 from ..vocab import CLASSES, COLORS
-from .common import Log, down_up, is_complete, multi_positive_nce, save_model_atomic, step_generator, train_loop
+from .common import Log, is_complete, multi_positive_nce, save_model_atomic, step_generator, train_loop
 from .data import CONTEXT_PHRASES, RenderCache, caption_attrs, render_batch, sample
 
 # Evaluation draws from its own stream, so gate figures are never measured on training renders.
@@ -37,17 +39,29 @@ COLOR_TEMPLATES = tuple(f"a photo of a {{}} {c}" for c in CLASSES)
 CONTEXT_TEMPLATES = tuple(f"a photo of a {c} {{}}" for c in CLASSES)
 
 
-def build_clip(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> CLIPModel:
-    """A CLIPModel whose text tower is `text_encoder`'s weights, frozen (locked-text tuning: only the
+def build_clip(text_encoder: CLIPTextModel) -> WorldCLIP:
+    """micro-CLIP whose text tower is `text_encoder`'s weights, frozen (locked-text tuning: only the
     image tower and both projections learn, so micro-CLIP reads captions as the base model does)."""
-    # The vision MLP is 2x (not 4x) wide: the world's images need little capacity, and it keeps the
-    # folder near 6 MB and a training step near a second on two CPU threads.
-    vision = CLIPVisionConfig(image_size=64, patch_size=8, hidden_size=128, intermediate_size=256,
-                              num_hidden_layers=4, num_attention_heads=4)
-    model = CLIPModel(CLIPConfig(text_config=text_encoder.config, vision_config=vision, projection_dim=128))
+    model = WorldCLIP(text_encoder.config)
     model.text_model.load_state_dict(text_encoder.state_dict())
     model.text_model.requires_grad_(False)
     return model
+
+
+class TextCache:
+    """Pooled outputs of the frozen text tower, computed once per distinct caption."""
+
+    def __init__(self, model: WorldCLIP, tokenizer: CLIPTokenizer):
+        self.model, self.tokenizer, self.rows, self.table = model, tokenizer, {}, torch.zeros(0, model.text_config.hidden_size)
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        new = sorted({t for t in texts if t not in self.rows})
+        if new:
+            enc = self.tokenizer(new, padding=True, return_tensors="pt")
+            self.rows.update({t: len(self.rows) + i for i, t in enumerate(new)})
+            self.table = torch.cat([self.table, self.model.text_pooled(enc.input_ids, enc.attention_mask)])
+        return self.table[[self.rows[t] for t in texts]]
 
 
 def caption_matches(image_attrs: torch.Tensor, caption_attrs: torch.Tensor) -> torch.Tensor:
@@ -86,9 +100,9 @@ CLASS_CAPTION_ATTRS = torch.tensor([a for _, a in CLASS_CAPTIONS])
 
 
 def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: int = 128, seed: int = 0,
-               cache_size: int = 20000, log: Log = print, lr: float = 5e-4, ckpt_every: int = 200,
+               cache_size: int = 20000, log: Log = print, lr: float = 2e-3, ckpt_every: int = 200,
                log_every: int = 50) -> Path:
-    """Train micro-CLIP into out_dir/clip (CLIPModel) on the frozen text tower out_dir/text_encoder.
+    """Train micro-CLIP into out_dir/clip (WorldCLIP) on the frozen text tower out_dir/text_encoder.
 
     Checkpoints every `ckpt_every` steps into out_dir/.clip-ckpt and resumes from there; returns at
     once when out_dir/clip is already complete."""
@@ -99,8 +113,9 @@ def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: in
     t0 = time.time()
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)                     # initial weights (overwritten when resuming)
-    model = build_clip(tokenizer, CLIPTextModel.from_pretrained(out_dir / "text_encoder"))
-    cache = RenderCache(seed, 64, cache_size)
+    model = build_clip(CLIPTextModel.from_pretrained(out_dir / "text_encoder"))
+    text_cache = TextCache(model, tokenizer)
+    cache = RenderCache(seed, 32, cache_size)
     log(f"micro-CLIP: rendered {cache_size} training images in {time.time() - t0:.0f}s")
     captions = [s.caption for s in cache.samples]
     image_attrs = torch.tensor([(s.cls, s.color, s.context) for s in cache.samples])
@@ -111,7 +126,7 @@ def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: in
     # images differ by class, and images need not differ until captions do. Colour and backdrop
     # escape it in a few hundred steps (one patch shows them); shape took >1000 steps to reach
     # 45%. Predicting the caption's attributes from the image breaks the deadlock from step 0.
-    probe = torch.nn.Linear(model.config.vision_config.hidden_size, len(CLASSES) + len(COLORS) + len(CONTEXT_PHRASES))
+    probe = torch.nn.Linear(model.width, len(CLASSES) + len(COLORS) + len(CONTEXT_PHRASES))
     trainee = torch.nn.ModuleDict({"clip": model, "probe": probe})
     splits = (len(CLASSES), len(COLORS), len(CONTEXT_PHRASES))
 
@@ -120,17 +135,16 @@ def train_clip(out_dir: Path, tokenizer_dir: Path, *, steps: int, batch_size: in
         model.logit_scale.data.clamp_(max=math.log(100))
         gen = step_generator(seed, step)
         idx = torch.randperm(len(cache), generator=gen)[:batch_size].tolist()
-        images = down_up(cache.batch(idx), 0.3, gen)
+        images = cache.batch(idx)                                               # (B, 3, 32, 32)
         flip = torch.rand(batch_size, generator=gen) < 0.5     # captions never say left or right
         images[flip] = images[flip].flip(-1)
         rng = random.Random(f"clip-negatives/{seed}/{step}")
         negatives = [swap_attribute(captions[i], attrs_of[i], rng) for i in idx]
         texts = [captions[i] for i in idx] + [t for t, _ in negatives] + [t for t, _ in CLASS_CAPTIONS]
         text_attrs = torch.tensor([attrs_of[i] for i in idx] + [a for _, a in negatives])
-        enc = tokenizer(texts, padding=True, return_tensors="pt")
-        pooled = model.vision_model(pixel_values=images).pooler_output
+        pooled = model.image_pooled(images)
         img = F.normalize(model.visual_projection(pooled), dim=-1)          # = clip_image_features
-        txt = clip_text_features(model, enc.input_ids, enc.attention_mask)
+        txt = F.normalize(model.text_projection(text_cache(texts)), dim=-1)   # = clip_text_features
         logits = model.logit_scale.exp() * img @ txt.T                         # (B, 2B + 18)
         pairs, by_class = logits[:, :2 * batch_size], logits[:, 2 * batch_size:]
         positive = caption_matches(image_attrs[idx], text_attrs)
@@ -164,7 +178,7 @@ def heldout_set(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return render_batch(samples), torch.tensor([(s.cls, s.color, s.context) for s in samples])
 
 
-def zero_shot_accuracy(model: CLIPModel, tokenizer: Any, images: torch.Tensor, attrs: torch.Tensor) -> dict[str, float]:
+def zero_shot_accuracy(model: WorldCLIP, tokenizer: Any, images: torch.Tensor, attrs: torch.Tensor) -> dict[str, float]:
     tasks: Sequence[tuple[str, list[str], Any]] = (("class", list(CLASSES), CLASS_TEMPLATE),
                                                     ("color", list(COLORS), COLOR_TEMPLATES),
                                                     ("context", CONTEXT_PHRASES, CONTEXT_TEMPLATES))
@@ -178,7 +192,7 @@ def clip_gates(out_dir: Path, tokenizer_dir: Path, n: int = 720) -> dict[str, fl
     model = load_world_clip(Path(out_dir) / "clip")
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     images, attrs = heldout_set(n)
-    small = to_64(torch.nn.functional.avg_pool2d(images, 2))
+    small = torch.nn.functional.avg_pool2d(images, 2)
     out = {f"clip/{k}": v for k, v in zero_shot_accuracy(model, tokenizer, images, attrs).items()}
     out.update({f"clip/{k}@32": v for k, v in zero_shot_accuracy(model, tokenizer, small, attrs).items()})
     return out

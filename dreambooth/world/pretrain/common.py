@@ -15,12 +15,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from ...core import checkpoint as ckpt
 from ..encoders import to_64
 
 Log = Callable[[str], Any]
+
+# Row of this process's progress bars: `pretrain` runs stages in side-by-side processes, one row each.
+PROGRESS_ROW = 0
 
 
 def is_complete(folder: Path) -> bool:
@@ -79,7 +83,9 @@ def train_loop(model: torch.nn.Module, loss_fn: Callable[[int], tuple[torch.Tens
         log(f"resuming at step {start} from {ckpt_dir}")
     model.train()
     t0, cpu0, window = time.time(), time.process_time(), []
-    for step in range(start, steps):
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=ckpt_dir.name.strip(".").removesuffix("-ckpt"),
+               unit="step", position=PROGRESS_ROW, mininterval=5)
+    for step in bar:
         if on_step is not None:
             on_step(step)
         loss, stats = loss_fn(step)
@@ -92,6 +98,7 @@ def train_loop(model: torch.nn.Module, loss_fn: Callable[[int], tuple[torch.Tens
         done = step + 1
         if done % log_every == 0 or done == steps:
             mean = {k: sum(s[k] for s in window) / len(window) for k in window[0]}
+            bar.set_postfix({k: f"{v:.3f}" for k, v in list(mean.items())[:2]})
             log(f"step {done}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in mean.items())
                 + f" ({time.time() - t0:.0f}s)")
             window = []

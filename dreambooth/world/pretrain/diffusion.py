@@ -9,6 +9,11 @@ sr:   32 -> 64, the IF stage II layout (`IFSuperResolutionPipeline`): the noisy 
 One loop serves both: the only difference, how the UNet input is built, is chosen at setup.
 Captions are encoded once (the caption set is small), 10% are dropped to the empty prompt so
 classifier-free guidance works, and an EMA copy of the weights is what gets shipped.
+
+The recipe (measured on this 2-core CPU, docs/microworld.md): v-prediction with Min-SNR-5 "+1"
+weighting (full weight at the high-noise end, where sampling from pure noise decides layout and
+colour; an epsilon loss barely sees errors there), lr 1e-3 with a short warm-up and cosine decay,
+GroupNorm with several channels per group, and 'trailing' timestep spacing when sampling.
 """
 
 from __future__ import annotations
@@ -21,12 +26,16 @@ from typing import Callable
 
 import torch
 from diffusers import DDPMScheduler, IFPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor
+from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ...core import checkpoint as ckpt
-from ...core.losses import add_noise, per_sample_mse
+from ...core.losses import add_noise, min_snr_weights, noise_target, per_sample_mse
 from ...core.models import encode_text, tokenize
 from ...superres.conditioning import downsample, lowres_condition
+from . import common
+from .common import lr_at
 from .data import RenderCache
 
 
@@ -48,9 +57,22 @@ SIZES = {
 }
 
 
+PREDICTION = "v_prediction"
+
+
 def world_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
-                         variance_type="fixed_small", clip_sample=True)
+    """'trailing' spacing: sampling starts at t = T - 1 (pure noise, as in training) instead of the
+    'leading' default's T - T/steps, which left the shipped models' samples washed out (Lin et al.
+    2024, "Common diffusion noise schedules and sample steps are flawed"). The cosine schedule's
+    terminal alpha_bar is ~1e-9, so its terminal SNR is already ~zero."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=PREDICTION,
+                         variance_type="fixed_small", clip_sample=True, timestep_spacing="trailing")
+
+
+# GroupNorm groups of the world UNets. With 32 groups on 32-channel blocks every group is one
+# channel: the norm before conv_out is then an instance norm, which fixes each output channel's
+# spatial mean, so the model cannot predict the mean (DC) of the noise or set a global colour.
+NORM_GROUPS = 8
 
 
 def build_unet(kind: str, size: UNetSize, cross_attention_dim: int) -> UNet2DConditionModel:
@@ -63,7 +85,7 @@ def build_unet(kind: str, size: UNetSize, cross_attention_dim: int) -> UNet2DCon
         sample_size=32 if kind == "base" else 64, in_channels=3 if kind == "base" else 6, out_channels=6,
         block_out_channels=size.channels, layers_per_block=size.layers_per_block, down_block_types=down,
         up_block_types=up, cross_attention_dim=cross_attention_dim, attention_head_dim=size.head_dim,
-        norm_num_groups=min(32, size.channels[0]), **extra)
+        norm_num_groups=min(NORM_GROUPS, size.channels[0] // 2), **extra)
 
 
 @dataclass
@@ -72,10 +94,12 @@ class DiffusionRun:
     scale: str = "full"        # full | toy
     steps: int = 20000
     batch_size: int = 64
-    learning_rate: float = 4e-4
+    learning_rate: float = 1e-3
+    warmup: int = 100
+    min_snr_gamma: float = 5.0
     ema_decay: float = 0.998   # a short CPU-budget run: a 500-step averaging window
     caption_dropout: float = 0.1
-    max_aug_level: int = 500   # sr: noise-augmentation levels drawn from [0, max_aug_level)
+    max_aug_level: int = 250   # sr: noise-augmentation levels drawn from [0, max_aug_level); inference uses <= 100
     crop: int = 0              # train on random crops of this size (0: whole images); the UNet is convolutional
     cache_size: int = 30000
     checkpoint_every: int = 500
@@ -96,8 +120,11 @@ def train_diffusion(run: DiffusionRun, out_dir: Path, tokenizer_dir: Path, text_
     alphas = sched.alphas_cumprod
     unet = build_unet(run.kind, SIZES[(run.kind, run.scale)], text_encoder.config.hidden_size)
     ema = copy.deepcopy(unet).requires_grad_(False)
+    # The classic attention processor: on one CPU thread torch's fused SDPA kernel was the slower
+    # one for the 64-token attention of these UNets (measured, docs/microworld.md).
+    unet.set_attn_processor(AttnProcessor())
     optimizer = torch.optim.AdamW(unet.parameters(), lr=run.learning_rate, weight_decay=0.0)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 500))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, run.steps, 1.0, run.warmup))
     work = out_dir / f".{run.kind}-ckpt"
     start = 0
     if ckpt.list_checkpoints(work):
@@ -114,7 +141,9 @@ def train_diffusion(run: DiffusionRun, out_dir: Path, tokenizer_dir: Path, text_
 
     unet.train()
     gen = torch.Generator().manual_seed(run.seed * 1000 + start)
-    for step in range(start, run.steps):
+    bar = tqdm(range(start, run.steps), initial=start, total=run.steps, desc=run.kind, unit="step",
+               position=common.PROGRESS_ROW, mininterval=5)
+    for step in bar:
         idx = torch.randint(0, len(cache), (run.batch_size,), generator=gen)
         x0 = cache.batch(idx.tolist())                                          # (B, 3, s, s)
         rows = torch.tensor([row[cache.samples[i].caption] for i in idx.tolist()])
@@ -122,9 +151,11 @@ def train_diffusion(run: DiffusionRun, out_dir: Path, tokenizer_dir: Path, text_
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (run.batch_size,), generator=gen)
         x_in, labels = model_input(run, x0, add_noise(x0, noise, t, alphas), alphas, gen)
-        x_in, target = random_crop((x_in, noise), run.crop, gen)                # views: no copy per step
+        target = noise_target(PREDICTION, x0, noise, t, alphas)
+        x_in, target = random_crop((x_in, target), run.crop, gen)               # views: no copy per step
         pred = unet(x_in, t, encoder_hidden_states=table[rows], class_labels=labels).sample[:, :3]
-        loss = per_sample_mse(pred, target).mean()
+        weights = min_snr_weights(t, alphas, run.min_snr_gamma, PREDICTION, plus_one=True)
+        loss = (per_sample_mse(pred, target) * weights).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
@@ -133,6 +164,7 @@ def train_diffusion(run: DiffusionRun, out_dir: Path, tokenizer_dir: Path, text_
         with torch.no_grad():
             torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1 - run.ema_decay)
         if (step + 1) % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_sched.get_last_lr()[0]:.1e}")
             log(f"{run.kind} step {step + 1}/{run.steps} loss {loss.item():.4f}")
         if (step + 1) % run.checkpoint_every == 0 or step + 1 == run.steps:
             ckpt.save_checkpoint(work, step + 1, {"unet": unet, "ema": ema}, optimizer, lr_sched, limit=2)
