@@ -124,3 +124,15 @@ def test_micro_world_preset_applies_only_without_a_model_and_under_every_user_se
     cfg.write_text("pretrained_model_name_or_path: some/model\n")
     job, _ = parse(["--config", str(cfg)])
     assert job.optim.learning_rate == TrainJob().optim.learning_rate
+
+
+def test_train_help_shows_what_applies_without_a_model(capsys):
+    import pytest
+
+    from dreambooth.cli.main import main
+    from dreambooth.world.defaults import PRESET
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())      # argparse wraps lines
+    assert f"(default: 5e-06) [without --model: {PRESET['learning_rate']}, the micro world's preset]" in text
+    assert f"[without --model: {PRESET['max_train_steps']}," in text

@@ -60,3 +60,15 @@ def test_suite_runs_every_comparison(world, tmp_path):
     for name in ("chart_fidelity.png", "chart_prior.png", "chart_identifier.png", "grid_striped_ball.png",
                  "per_prompt.csv"):
         assert (out / name).is_file(), name
+
+
+def test_suite_runs_subjects_side_by_side(world, tmp_path):
+    out = tmp_path / "suite2"
+    assert main(["eval", "--suite", "microworld", "--world-dir", str(world), "--subjects", "striped_ball", "bar_can",
+                 "--variants", "dreambooth", "--prompts", "1", "--images-per-prompt", "1", "--class-images", "2",
+                 "--steps", "1", "--train-steps", "1", "--num-class-images", "1", "--jobs", "2", "--sr-model", "none",
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert set(record["subjects"]) == {"striped_ball", "bar_can"} and record["config"]["jobs"] == 2
+    for name in ("striped_ball", "bar_can"):
+        assert set(record["subjects"][name]["figures"]) == {"dreambooth", "base", "ideal"}

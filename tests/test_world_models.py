@@ -46,7 +46,7 @@ def test_world_encoders_embed_images_and_text():
         assert emb.shape[0] == 2 and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
-def test_train_without_a_model_personalizes_the_world_models_both_steps(tmp_path):
+def test_train_without_a_model_personalizes_the_world_models_both_steps(tmp_path, capfd):
     torch.set_num_threads(1)
     photos = tmp_path / "photos"
     assert main(["world", "photos", "--subject", "striped_star", "-n", "3", "--out", str(photos)]) == 0
@@ -61,3 +61,7 @@ def test_train_without_a_model_personalizes_the_world_models_both_steps(tmp_path
     assert main(["generate", "--model", str(out), "--prompt", "a <id> star in the snow", "-n", "2",
                  "--steps", "2", "--sr-steps", "2", "--out", str(grid)]) == 0
     assert Image.open(grid).size == (128, 64)                                      # cascade: 64 px images
+    printed = capfd.readouterr()
+    for noise in ("requires torchvision", "Expected types for text_encoder", "Loading pipeline components"):
+        assert noise not in printed.out + printed.err, noise     # nothing a user cannot act on
+    assert "class images" in printed.err and "train" in printed.err    # one bar per phase

@@ -13,6 +13,7 @@ import difflib
 
 from ..config import TrainJob, leaf_fields, load_yaml, set_field
 from ..errors import DreamboothError
+from ..world.defaults import PRESET
 
 # diffusers flags that change nothing here, with the reason (printed as a note).
 IGNORED = {
@@ -49,6 +50,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         group = groups.setdefault(section, parser.add_argument_group(section))
         meta = f.metadata
         help_ = f"{meta['help']} (default: {f.default})"
+        if name in PRESET:     # what actually applies in the main command, which names no --model
+            help_ += f" [without --model: {PRESET[name]}, the micro world's preset]"
         flags = spellings(name) + list(meta["aliases"])
         if tp is bool:
             group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,

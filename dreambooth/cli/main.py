@@ -54,7 +54,7 @@ def cmd_world(ns: argparse.Namespace, unknown: list[str]) -> None:
         from ..world.defaults import MODELS
         from ..world.gates import run_gates
         figures = run_gates(Path(ns.models) if ns.models else MODELS, Path(ns.out), prompts=ns.prompts,
-                            sr_images=ns.sr_images, steps=ns.steps)
+                            sr_images=ns.sr_images, steps=ns.steps, sr_steps=ns.sr_steps, sr_noise_level=ns.sr_noise_level)
         print(json.dumps(figures, indent=1))
     elif ns.world_command == "ideal":
         from PIL import Image
@@ -143,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     gates.add_argument("--out", default="world-gates", help="folder for gates.json and the pictures")
     gates.add_argument("--prompts", type=int, default=72, help="held-out prompts for the base-model gate")
     gates.add_argument("--sr-images", "--sr_images", dest="sr_images", type=int, default=48)
-    gates.add_argument("--steps", type=int, default=25, help="sampler steps per stage")
+    gates.add_argument("--steps", type=int, default=25, help="base-model sampler steps")
+    gates.add_argument("--sr-steps", "--sr_steps", dest="sr_steps", type=int, default=4, help="SR sampler steps")
+    gates.add_argument("--sr-noise-level", "--sr_noise_level", dest="sr_noise_level", type=int, default=0,
+                       help="noise-augmentation level of the SR model's low-res input")
     world.set_defaults(func=cmd_world)
     from ..eval.cli import add_eval_parser   # light: heavy imports wait for cmd_eval
     add_eval_parser(sub)

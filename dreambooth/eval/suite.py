@@ -69,6 +69,7 @@ class SuiteConfig:
     train_text_encoder: bool = False
     sr_train_steps: int = PRESET["sr_max_train_steps"]      # step (b), at the preset's sr_learning_rate
     use_sr: bool = True                       # render through the world's SR model when it has one
+    jobs: int = 2                             # subjects run side by side, in one-thread processes
 
     def sr_folder(self) -> Path | None:
         sr = self.world_dir / "sr"
@@ -179,15 +180,31 @@ def run_subject(cfg: SuiteConfig, subject: Subject, encoders, log) -> dict:
     return {"figures": figures, "samples": samples, "seconds": seconds, "real_self": real.self_similarity()}
 
 
+def _subject_worker(cfg: SuiteConfig, name: str) -> dict:
+    """One subject in a process of its own: one thread (two one-thread processes beat one two-thread
+    process on a 2-core CPU, as in world pretraining), messages prefixed with the subject."""
+    import torch
+    torch.set_num_threads(1)
+    encoders = resolve_encoders(str(cfg.world_dir / "clip"), str(cfg.world_dir / "instance"))
+    return run_subject(cfg, get_subject(name), encoders, lambda msg: print(f"[{name}] {msg}", flush=True))
+
+
 def run_suite(cfg: SuiteConfig, command: str = "", log=print) -> Path:
     """Every subject through every variant; writes OUT/metrics.json, OUT/report.md and pictures."""
     cfg.check()
     start = time.time()
-    encoders = resolve_encoders(str(cfg.world_dir / "clip"), str(cfg.world_dir / "instance"))
     results = {}
-    for name in cfg.subjects:
-        log(f"== {name}")
-        results[name] = run_subject(cfg, get_subject(name), encoders, log)
+    if cfg.jobs > 1 and len(cfg.subjects) > 1:
+        import multiprocessing
+        log(f"{len(cfg.subjects)} subjects, {cfg.jobs} at a time")
+        with multiprocessing.get_context("spawn").Pool(cfg.jobs) as pool:
+            jobs = {name: pool.apply_async(_subject_worker, (cfg, name)) for name in cfg.subjects}
+            results = {name: job.get() for name, job in jobs.items()}
+    else:
+        encoders = resolve_encoders(str(cfg.world_dir / "clip"), str(cfg.world_dir / "instance"))
+        for name in cfg.subjects:
+            log(f"== {name}")
+            results[name] = run_subject(cfg, get_subject(name), encoders, log)
     wall = round(time.time() - start, 1)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     config["sr_folder"] = str(cfg.sr_folder()) if cfg.sr_folder() else None
