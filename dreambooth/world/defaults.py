@@ -19,10 +19,11 @@ WORLD_SR = MODELS / "sr"
 
 # Settings for the micro world's models, applied when no --model is given, beneath any config file or
 # flag. Why not the diffusers defaults: those suit Stable Diffusion's 860M-parameter UNet (lr 5e-6);
-# the world's 3.9M-parameter UNets were pretrained at 4e-4 and barely move at 5e-6. Measured in
-# docs/microworld.md ("DreamBooth in the micro world").
+# the world's 3.9M-parameter UNets were pretrained at 1e-3 and barely move at 5e-6. At 1e-4 the
+# README's subject hardly appeared in two of its four contexts; at 4e-4 it appeared in all four
+# (docs/microworld.md, "DreamBooth in the micro world").
 PRESET: dict[str, Any] = {
-    "learning_rate": 1e-4,
+    "learning_rate": 4e-4,
     "max_train_steps": 300,
     "sr_learning_rate": 1e-4,
     "sr_max_train_steps": 200,
