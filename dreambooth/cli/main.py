@@ -12,6 +12,8 @@ from .flags import add_config_flags, job_from_args
 
 def cmd_train(ns: argparse.Namespace, unknown: list[str]) -> None:
     job, notes = job_from_args(ns, unknown)
+    from ..core.preflight import preflight
+    preflight(job)               # ranges, paths, the model folder: answered before the heavy imports
     for note in notes:
         print(note)
     from ..core import cascade   # heavy imports only once the flags are known to be fine
@@ -154,14 +156,17 @@ def _no_unknown(unknown: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from ..core.interrupt import record_command
+    record_command(argv)         # for the exact resume command printed if a run is stopped
     ns, unknown = build_parser().parse_known_args(argv)
     try:
         ns.func(ns, unknown)
     except DreamboothError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished checkpoints and class images are kept; rerun with "
-              "--resume_from_checkpoint latest to continue.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:   # a training run says what it kept (core/interrupt.py)
+        print(f"\ninterrupted: {getattr(e, 'message', '') or 'stopped; every file already written is complete.'}",
+              file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     return 0
