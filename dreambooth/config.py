@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,10 +23,15 @@ from .errors import DreamboothError
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, aliases: tuple[str, ...] = (),
-        const: Any = None, none_flag: str | None = None) -> Any:
+        const: Any = None, none_flag: str | None = None, at_least: float | None = None, above: float | None = None,
+        at_most: float | None = None, below: float | None = None) -> Any:
     """A config field with the metadata the CLI needs. `const`: value when the flag is given bare;
-    `none_flag`: an extra bare flag (e.g. --no-sr) that sets the value 'none'."""
-    meta = {"help": help, "choices": choices, "aliases": aliases, "const": const, "none_flag": none_flag}
+    `none_flag`: an extra bare flag (e.g. --no-sr) that sets the value 'none'. Numeric fields give
+    their accepted range (at_least/above, at_most/below), checked wherever a value is set."""
+    bounds = {k: v for k, v in (("at_least", at_least), ("above", above), ("at_most", at_most), ("below", below))
+              if v is not None}
+    meta = {"help": help, "choices": choices, "aliases": aliases, "const": const, "none_flag": none_flag,
+            "bounds": bounds}
     return field(default=default, metadata=meta)
 
 
@@ -56,11 +62,12 @@ class DataConfig:
     identifier: str | None = opt(None, "The rare token [V] bound to the subject. Default: chosen from the "
                                        "model's own tokenizer (a rare single token, as in the paper §4.2).")
     instance_prompt: str | None = opt(None, "Prompt for the subject photos. Default: 'a photo of [V] <class_name>'.")
-    resolution: int | None = opt(None, "Training resolution in pixels. Default: the model's native size.")
+    resolution: int | None = opt(None, "Training resolution in pixels. Default: the model's native size.",
+                                 at_least=8, at_most=8192)
     center_crop: bool = opt(False, "Center-crop photos to a square (default: random crop).")
     random_flip: bool = opt(False, "Also train on horizontally flipped photos (avoid for asymmetric subjects).")
     random_crop_views: int = opt(4, "With random cropping: how many fixed random crops per photo are encoded "
-                                    "once and cached (so no step re-encodes an image).")
+                                    "once and cached (so no step re-encodes an image).", at_least=1, at_most=1000)
 
 
 @dataclass
@@ -69,86 +76,96 @@ class PriorConfig:
     class_data_dir: str | None = opt(None, "Folder of class images; missing ones are generated into it. Default: "
                                            "a cache folder keyed by (model, prompt, resolution, sampler).")
     class_prompt: str | None = opt(None, "Prompt for class images. Default: 'a photo of <class_name>'.")
-    num_class_images: int = opt(100, "How many class images prior preservation uses (generated if fewer exist).")
-    prior_loss_weight: float = opt(1.0, "Weight of the prior-preservation loss.")
-    sample_batch_size: int = opt(4, "Batch size for generating class images (doubled by guidance).")
-    class_inference_steps: int = opt(25, "Sampler steps per generated class image.")
+    num_class_images: int = opt(100, "How many class images prior preservation uses (generated if fewer exist).",
+                                 at_least=0, at_most=1_000_000)
+    prior_loss_weight: float = opt(1.0, "Weight of the prior-preservation loss.", at_least=0)
+    sample_batch_size: int = opt(4, "Batch size for generating class images (doubled by guidance).", at_least=1)
+    class_inference_steps: int = opt(25, "Sampler steps per generated class image.", at_least=1, at_most=1000)
     class_scheduler: str = opt("auto", "Sampler for class images: a diffusers scheduler class built from the "
                                "model's scheduler config, 'model' for the model's own, or 'auto': the model's own "
                                "when it clips its x0 predictions (pixel-space IF-style models), else DPM-Solver++.",
                                choices=SAMPLERS)
-    class_guidance_scale: float = opt(7.5, "Classifier-free guidance for generated class images.")
+    class_guidance_scale: float = opt(7.5, "Classifier-free guidance for generated class images.", at_least=0)
     prior_generation_precision: str | None = opt(None, "Precision for class-image generation (default: the "
                                                        "training precision).", choices=(None, "no", "fp32", "fp16", "bf16"))
 
 
 @dataclass
 class OptimConfig:
-    learning_rate: float = opt(5e-6, "Learning rate of the UNet.")
-    text_encoder_lr: float | None = opt(None, "Learning rate of the text encoder (default: learning_rate).")
+    learning_rate: float = opt(5e-6, "Learning rate of the UNet.", above=0, at_most=10)
+    text_encoder_lr: float | None = opt(None, "Learning rate of the text encoder (default: learning_rate).", above=0,
+                                        at_most=10)
     scale_lr: bool = opt(False, "Multiply learning rates by batch size x accumulation x processes.")
     lr_scheduler: str = opt("constant", "Learning-rate schedule.", choices=(
         "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"))
-    lr_warmup_steps: int = opt(0, "Warm-up steps of the schedule.")
-    lr_num_cycles: int = opt(1, "Cycles for cosine_with_restarts.")
-    lr_power: float = opt(1.0, "Power of the polynomial schedule.")
+    lr_warmup_steps: int = opt(0, "Warm-up steps of the schedule.", at_least=0)
+    lr_num_cycles: int = opt(1, "Cycles for cosine_with_restarts.", at_least=1)
+    lr_power: float = opt(1.0, "Power of the polynomial schedule.", above=0)
     use_8bit_adam: bool = opt(False, "Use bitsandbytes' 8-bit AdamW (needs a CUDA GPU and bitsandbytes).")
-    adam_beta1: float = opt(0.9, "AdamW beta1.")
-    adam_beta2: float = opt(0.999, "AdamW beta2.")
-    adam_weight_decay: float = opt(1e-2, "AdamW weight decay.")
-    adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables).")
+    adam_beta1: float = opt(0.9, "AdamW beta1.", at_least=0, below=1)
+    adam_beta2: float = opt(0.999, "AdamW beta2.", at_least=0, below=1)
+    adam_weight_decay: float = opt(1e-2, "AdamW weight decay.", at_least=0)
+    adam_epsilon: float = opt(1e-8, "AdamW epsilon.", above=0, at_most=1)
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables).", at_least=0)
 
 
 @dataclass
 class TrainConfig:
-    max_train_steps: int | None = opt(400, "Optimizer steps to train (overrides num_train_epochs).")
-    num_train_epochs: int = opt(1, "Epochs over the instance photos, used only when max_train_steps is unset.")
-    train_batch_size: int = opt(1, "Instance images per step (the same number of class images is added).")
-    gradient_accumulation_steps: int = opt(1, "Micro-batches accumulated per optimizer step.")
-    seed: int = opt(0, "Seed for identifier choice, class images, noise and validation.")
+    max_train_steps: int | None = opt(400, "Optimizer steps to train (overrides num_train_epochs).", at_least=1)
+    num_train_epochs: int = opt(1, "Epochs over the instance photos, used only when max_train_steps is unset.",
+                                 at_least=1)
+    train_batch_size: int = opt(1, "Instance images per step (the same number of class images is added).",
+                                 at_least=1)
+    gradient_accumulation_steps: int = opt(1, "Micro-batches accumulated per optimizer step.", at_least=1)
+    seed: int = opt(0, "Seed for identifier choice, class images, noise and validation.", at_least=0,
+                     at_most=2**32 - 1)
     train_text_encoder: bool = opt(False, "Also fine-tune the text encoder (the paper does).")
     mixed_precision: str = opt("no", "Autocast precision; trainable weights stay fp32.", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = opt(False, "Trade compute for memory in the UNet (and text encoder).")
-    snr_gamma: float | None = opt(None, "Min-SNR loss weighting gamma (5.0 is usual); off when unset.")
-    offset_noise: float = opt(0.0, "Offset-noise strength; the bare flag means 0.1 as in diffusers.", const=0.1)
+    snr_gamma: float | None = opt(None, "Min-SNR loss weighting gamma (5.0 is usual); off when unset.", above=0)
+    offset_noise: float = opt(0.0, "Offset-noise strength; the bare flag means 0.1 as in diffusers.", const=0.1,
+                               at_least=0, at_most=1)
     pre_compute_text_embeddings: bool = opt(False, "Free the frozen text encoder after encoding the prompts. "
                                                    "(Embeddings are always computed once when it is frozen.)")
     text_encoder_use_attention_mask: bool | None = opt(None, "Pass the attention mask to the text encoder "
                                                              "(default: yes for T5, no for CLIP).")
-    tokenizer_max_length: int | None = opt(None, "Token length for prompts (default: the tokenizer's).")
+    tokenizer_max_length: int | None = opt(None, "Token length for prompts (default: the tokenizer's).", at_least=1)
 
 
 @dataclass
 class SuperResConfig:
     lowres_resolution: int | None = opt(None, "Super-resolution models: size of the low-res input made from each "
                                               "photo (default: output/4, the latent size for the x4 upscaler, or "
-                                              "what a micro-world SR folder declares).")
+                                              "what a micro-world SR folder declares).", at_least=1)
     sr_noise_level: int | None = opt(None, "Super-resolution models: fixed noise-augmentation level of the low-res "
-                                           "input (default: drawn per image from [0, sr_max_noise_level)).")
+                                           "input (default: drawn per image from [0, sr_max_noise_level)).", at_least=0)
     sr_max_noise_level: int = opt(250, "Super-resolution models: upper end of the drawn augmentation levels "
                                        "(clamped to the pipeline's own maximum). 250 is IF stage II's inference "
-                                       "default; not yet tuned by measurement.")
+                                       "default; not yet tuned by measurement.", at_least=1)
     sr_max_train_steps: int | None = opt(None, "Steps of step (b) when --sr-model runs both steps "
-                                               "(default: max_train_steps).")
+                                               "(default: max_train_steps).", at_least=1)
     sr_learning_rate: float | None = opt(None, "UNet learning rate of step (b) when --sr-model runs both steps "
-                                               "(default: learning_rate).")
+                                               "(default: learning_rate).", above=0, at_most=10)
 
 
 @dataclass
 class CheckpointConfig:
-    checkpointing_steps: int = opt(500, "Save a resumable checkpoint every N steps.")
-    checkpoints_total_limit: int | None = opt(None, "Keep at most this many checkpoints (oldest removed).")
+    checkpointing_steps: int = opt(500, "Save a resumable checkpoint every N steps.", at_least=1)
+    checkpointing_minutes: float = opt(5.0, "Also save a checkpoint when this many minutes have passed since the "
+                                            "last one (0: off), so a hard kill loses minutes, not hours. Such a "
+                                            "checkpoint is replaced by the next one.", at_least=0)
+    checkpoints_total_limit: int | None = opt(None, "Keep at most this many checkpoints (oldest removed).",
+                                              at_least=1)
     resume_from_checkpoint: str | None = opt(None, "'latest' or a checkpoint folder to continue from.")
 
 
 @dataclass
 class ValidationConfig:
     validation_prompt: str | None = opt(None, "Prompt for validation grids ('<id>' becomes the identifier).")
-    num_validation_images: int = opt(4, "Images per validation grid (fixed seeds).")
-    validation_steps: int = opt(100, "Write a validation grid every N steps.")
-    validation_inference_steps: int = opt(25, "Sampler steps for validation images.")
-    validation_guidance_scale: float = opt(7.5, "Classifier-free guidance for validation images.")
+    num_validation_images: int = opt(4, "Images per validation grid (fixed seeds).", at_least=1)
+    validation_steps: int = opt(100, "Write a validation grid every N steps.", at_least=1)
+    validation_inference_steps: int = opt(25, "Sampler steps for validation images.", at_least=1, at_most=1000)
+    validation_guidance_scale: float = opt(7.5, "Classifier-free guidance for validation images.", at_least=0)
     validation_scheduler: str = opt("auto", "Sampler for validation images (as diffusers' flag; 'model' keeps the "
                                     "model's own; 'auto': see class_scheduler).", choices=SAMPLERS)
 
@@ -213,12 +230,47 @@ def coerce(name: str, value: Any, tp: Any, where: str) -> Any:
                 if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
                     raise ValueError(value)
                 return value.lower() in ("true", "yes", "1")
+            if not isinstance(value, (bool, int)):
+                raise ValueError(value)
             return bool(value)
+        if scalar in (int, float) and isinstance(value, bool):
+            raise ValueError(value)   # YAML `true` is not a number
         if scalar is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
+        if scalar is not str and isinstance(value, (list, dict)):
+            raise ValueError(value)
         return scalar(value)
-    except (TypeError, ValueError):
-        raise DreamboothError(f"{where}: '{name}' must be a {scalar.__name__}, got {value!r}.") from None
+    except (TypeError, ValueError, OverflowError):
+        kind = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(scalar.__name__,
+                                                                                        f"a {scalar.__name__}")
+        raise DreamboothError(f"{where}: {_label(name, where)} must be {kind}, got {value!r}.") from None
+
+
+def _label(name: str, where: str) -> str:
+    return f"--{name}" if where == "command line" else f"'{name}'"
+
+
+def accepted_range(f: dataclasses.Field, integer: bool) -> str:
+    """'a whole number >= 1', 'a number > 0 and <= 10'; '' for fields without a range."""
+    b = f.metadata.get("bounds") or {}
+    signs = {"at_least": ">=", "above": ">", "at_most": "<=", "below": "<"}
+    parts = [f"{signs[k]} {v:g}" for k, v in b.items()]
+    return f"{'a whole number' if integer else 'a finite number'} {' and '.join(parts)}" if parts else ""
+
+
+def check_range(name: str, value: Any, f: dataclasses.Field, tp: Any, where: str) -> None:
+    """NaN, infinities and values outside the field's range are refused, naming the accepted range."""
+    scalar, _ = base_type(tp)
+    if value is None or scalar not in (int, float):
+        return
+    b = f.metadata.get("bounds") or {}
+    ok = math.isfinite(value) and all(
+        {"at_least": value >= v, "above": value > v, "at_most": value <= v, "below": value < v}[k] for k, v in b.items())
+    if not ok:
+        wanted = accepted_range(f, scalar is int) or "a finite number"
+        extra = " (or leave it unset)" if base_type(tp)[1] else ""
+        raise DreamboothError(f"{where}: {_label(name, where)} must be {wanted}{extra}; got {value!r}. Fix it and "
+                              "run again.")
 
 
 def set_field(job: TrainJob, name: str, value: Any, where: str) -> None:
@@ -233,7 +285,15 @@ def set_field(job: TrainJob, name: str, value: Any, where: str) -> None:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise DreamboothError(f"{where}: '{name}' must be one of {[c for c in choices if c]}, got {value!r}.")
+    check_range(name, value, f, tp, where)
     setattr(getattr(job, section), name, value)
+
+
+def validate(job: TrainJob) -> None:
+    """Every field's type and range, wherever its value came from (defaults, files, flags, code)."""
+    for name, (section, f, tp) in leaf_fields().items():
+        value = getattr(getattr(job, section), name)
+        check_range(name, coerce(name, value, tp, "The configuration"), f, tp, "The configuration")
 
 
 def to_dict(job: TrainJob) -> dict[str, dict[str, Any]]:
@@ -241,26 +301,57 @@ def to_dict(job: TrainJob) -> dict[str, dict[str, Any]]:
 
 
 def save_yaml(job: TrainJob, path: Path) -> None:
-    path.write_text("# Resolved dreambooth configuration; rerun with `dreambooth train --config THIS_FILE`.\n"
-                    + yaml.safe_dump(to_dict(job), sort_keys=False))
+    from .files import write_text   # atomic: a later run reads this file back
+    write_text(path, "# Resolved dreambooth configuration; rerun with `dreambooth train --config THIS_FILE`.\n"
+               + yaml.safe_dump(to_dict(job), sort_keys=False))
 
 
 def load_yaml(path: Path, job: TrainJob | None = None) -> TrainJob:
-    """Fill `job` (or defaults) from a YAML file: nested by section, or flat like the CLI flags."""
+    """Fill `job` (or defaults) from a YAML file: nested by section, or flat like the CLI flags.
+    Every problem is reported with the file, the line and the key."""
     job = job or TrainJob()
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        text = Path(path).read_text()
+        raw, lines = yaml.safe_load(text) or {}, _key_lines(path, text)
     except FileNotFoundError:
         raise DreamboothError(f"Config file {path} does not exist; check the path given to --config.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DreamboothError(f"Config file {path} cannot be read ({e}). Check the path given to --config.") from None
     except yaml.YAMLError as e:
-        raise DreamboothError(f"Config file {path} is not valid YAML ({e}). Fix the file or drop --config.") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise DreamboothError(f"Config file {path} is not valid YAML{where}: {what}. Fix the file or drop "
+                              "--config.") from None
     if not isinstance(raw, dict):
         raise DreamboothError(f"Config file {path} must hold a mapping of settings, not a {type(raw).__name__}.")
     section_names = {f.name for f in dataclasses.fields(TrainJob)}
     for key, value in raw.items():
         if key in section_names and isinstance(value, dict):
             for name, v in value.items():
-                set_field(job, name.replace("-", "_"), v, f"Config file {path}")
+                line = lines.get((str(key), str(name)), "?")
+                set_field(job, str(name).replace("-", "_"), v, f"Config file {path}, line {line}")
         else:
-            set_field(job, str(key).replace("-", "_"), value, f"Config file {path}")
+            set_field(job, str(key).replace("-", "_"), value, f"Config file {path}, line {lines.get((str(key),), '?')}")
     return job
+
+
+def _key_lines(path: Path, text: str) -> dict[tuple, int]:
+    """(key,) or (section, key) -> its line number; a key given twice is an error (YAML keeps the last)."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, prefix: tuple) -> None:
+        for key_node, value_node in node.value:
+            key = key_node.value
+            where = prefix + (key,)
+            if where in lines:
+                raise DreamboothError(f"Config file {path}, line {key_node.start_mark.line + 1}: '{key}' is set "
+                                      f"twice (also on line {lines[where]}); keep one.")
+            lines[where] = key_node.start_mark.line + 1
+            if not prefix and isinstance(value_node, yaml.MappingNode):
+                walk(value_node, where)
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if isinstance(root, yaml.MappingNode):
+        walk(root, ())
+    return lines

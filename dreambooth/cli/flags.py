@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 
-from ..config import TrainJob, leaf_fields, load_yaml, set_field
+from ..config import TrainJob, accepted_range, base_type, leaf_fields, load_yaml, set_field
 from ..errors import DreamboothError
 from ..world.defaults import PRESET
 
@@ -49,7 +49,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, (section, f, tp) in leaf_fields().items():
         group = groups.setdefault(section, parser.add_argument_group(section))
         meta = f.metadata
-        help_ = f"{meta['help']} (default: {f.default})"
+        accepted = accepted_range(f, base_type(tp)[0] is int)
+        help_ = f"{meta['help']} (default: {f.default}{'; ' + accepted if accepted else ''})"
         if name in PRESET:     # what actually applies in the main command, which names no --model
             help_ += f" [without --model: {PRESET[name]}, the micro world's preset]"
         flags = spellings(name) + list(meta["aliases"])

@@ -12,29 +12,51 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
-
+from .. import files
 from ..errors import DreamboothError
+
+# torch and safetensors are imported inside the functions that need them: finding a checkpoint is
+# one of the CLI's cheap checks, made before the heavy imports.
 
 PREFIX = "checkpoint-"
 
 
-def save_checkpoint(output_dir: Path, step: int, modules: dict[str, torch.nn.Module],
-                    optimizer: torch.optim.Optimizer, lr_scheduler, limit: int | None) -> Path:
+def save_checkpoint(output_dir: Path, step: int, modules: dict, optimizer, lr_scheduler, limit: int | None,
+                    interim: bool = False) -> Path:
+    """Write checkpoint-STEP atomically (complete or absent). `interim` checkpoints (saved on a timer
+    or a signal, not on the step schedule) are a safety net: the next checkpoint replaces them."""
+    from safetensors.torch import save_file, save_model
+    output_dir = Path(output_dir)
     final = output_dir / f"{PREFIX}{step}"
-    tmp = output_dir / f".tmp-{PREFIX}{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, module in modules.items():
-        save_model(module, str(tmp / f"{name}.safetensors"))   # handles tied/shared weights
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
-    save_file(tensors, tmp / "optimizer.safetensors", metadata={"layout": json.dumps(meta)})
-    (tmp / "state.json").write_text(json.dumps({"step": step, "lr_scheduler": lr_scheduler.state_dict()}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)  # atomic: a checkpoint folder is either complete or absent
+    weights = {name: module.state_dict() for name, module in modules.items()}
+    size = sum(_nbytes(t) for sd in [tensors, *weights.values()] for t in sd.values())
+    files.require_free_space([(output_dir, size, f"checkpoint {final.name}")])
+    last = list_checkpoints(output_dir)
+    kept = (f"{last[-1]}, the last complete checkpoint, is intact." if last else "No earlier checkpoint exists.")
+    with files.disk_full_is_an_error(output_dir, final.name, kept), files.atomic_path(final) as tmp:
+        tmp.mkdir(parents=True)
+        for name, module in modules.items():
+            save_model(module, str(tmp / f"{name}.safetensors"))   # handles tied/shared weights
+        save_file(tensors, tmp / "optimizer.safetensors", metadata={"layout": json.dumps(meta)})
+        (tmp / "state.json").write_text(json.dumps({"step": step, "lr_scheduler": lr_scheduler.state_dict(),
+                                                    "interim": interim}, indent=1))
+    for old in last:   # a newer checkpoint supersedes every interim one
+        if old != final and _is_interim(old):
+            shutil.rmtree(old, ignore_errors=True)
     rotate(output_dir, limit)
     return final
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size() if hasattr(t, "element_size") else 0
+
+
+def _is_interim(folder: Path) -> bool:
+    try:
+        return bool(json.loads((folder / "state.json").read_text()).get("interim"))
+    except (OSError, ValueError):
+        return False
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -60,9 +82,9 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path | None:
     return path
 
 
-def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-                    lr_scheduler) -> int:
+def load_checkpoint(folder: Path, modules: dict, optimizer, lr_scheduler) -> int:
     """Restore everything saved by save_checkpoint; returns the step to continue from."""
+    from safetensors.torch import load_file, load_model
     for name, module in modules.items():
         file = folder / f"{name}.safetensors"
         if not file.exists():
@@ -79,7 +101,8 @@ def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
     return int(state["step"])
 
 
-def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def _flatten_optimizer(sd: dict) -> tuple[dict, dict]:
+    import torch
     tensors, scalars = {}, {}
     for idx, per_param in sd["state"].items():
         for key, value in per_param.items():
@@ -90,7 +113,7 @@ def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     state: dict[int, dict] = {}
     for flat, value in [*tensors.items(), *meta["scalars"].items()]:
         idx, key = flat.split(".", 1)

@@ -120,4 +120,9 @@ def check_instance_prompt(tokenizer, prompt: str, class_name: str | None,
     elif word in COMMON_WORDS:
         warnings.append(f"The identifier {word!r} is a common word with a strong prior meaning; a rare token "
                         f"binds faster and leaves the word intact.")
+    if word.lower() in OVERUSED:
+        rifle = " ('sks' is also a rifle, which base models draw)" if word.lower() == "sks" else ""
+        warnings.append(f"The identifier {word!r} is the one tutorials spread{rifle}: it is not rare, and models "
+                        f"fine-tuned by others have taught it a meaning of its own. Try --identifier "
+                        f"{choose_identifier(tokenizer)}, or pass --class-name alone to have a rare token chosen.")
     return warnings

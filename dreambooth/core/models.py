@@ -20,6 +20,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline
 
 from ..config import ModelConfig
 from ..errors import DreamboothError
+from .model_folder import is_super_resolution, locate, read_model_index, require_safetensors  # noqa: F401 (re-exported)
 
 Tensor = torch.Tensor
 
@@ -103,19 +104,14 @@ def load_pipeline(cfg: ModelConfig) -> DiffusionPipeline:
         raise DreamboothError("No base model given. Pass --model PATH (a diffusers pipeline folder), e.g. one made "
                               "by `dreambooth tiny-model --out tiny-sd`.")
     path = Path(src).expanduser()
-    if path.exists():
-        if path.is_file():
-            raise DreamboothError(f"{path} is a single file; dreambooth reads diffusers pipeline folders "
-                                  "(model_index.json, unet/, text_encoder/, ...). Convert it once with diffusers' "
-                                  "`StableDiffusionPipeline.from_single_file(...).save_pretrained(FOLDER)` on a "
-                                  "machine with its configs, then pass --model FOLDER.")
-        if not (path / "model_index.json").exists():
-            raise DreamboothError(f"{path} is not a diffusers pipeline folder: it has no model_index.json. "
-                                  "Point --model at the folder that contains model_index.json.")
+    from .publish import finish_interrupted_export
+    folder = locate(src, revision=cfg.revision)
+    finish_interrupted_export(folder)   # a pipeline this tool was swapping in when it was killed
+    require_safetensors(folder)
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else src, revision=cfg.revision,
-                                                 variant=cfg.variant)  # fp32, diffusers' default
-    except OSError as e:
+                                                 variant=cfg.variant, use_safetensors=True)  # fp32, never a pickle
+    except (OSError, ValueError) as e:
         where = "folder" if path.exists() else "hub id"
         raise DreamboothError(
             f"Could not load the base model {src!r} ({where}): {str(e).splitlines()[0][:300]} "
@@ -192,15 +188,6 @@ class SuperResolution:
         return torch.cat([x_t, cond.to(x_t.dtype)], dim=1), level.to(x_t.device)
 
 
-def is_super_resolution(source: str) -> bool | None:
-    """Whether a local pipeline folder is a super-resolution model, from its model_index.json alone
-    (no weights loaded); None when `source` is not a local pipeline folder."""
-    index = Path(source).expanduser() / "model_index.json"
-    if not index.exists():
-        return None
-    return any(name in ("image_noising_scheduler", "low_res_scheduler") for name in json.loads(index.read_text()))
-
-
 def _super_resolution(pipe, cfg: ModelConfig, resolution: int) -> SuperResolution | None:
     """IF stage II keeps its noising schedule in `image_noising_scheduler`, the SD x4 upscaler in
     `low_res_scheduler`; a pipeline with neither is a base model."""
@@ -236,5 +223,6 @@ def parameter_report(modules: dict[str, torch.nn.Module]) -> dict[str, tuple[int
             for name, m in modules.items()}
 
 
-def read_model_index(folder: Path) -> dict:
-    return json.loads((Path(folder) / "model_index.json").read_text())
+def state_bytes(modules) -> int:
+    """Bytes the modules' weights take on disk (safetensors stores them as they are in memory)."""
+    return sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..files import write_json
 
 
 @dataclass
@@ -26,10 +27,11 @@ class Plan:
     effective_batch: int
     views_seen_per_photo: float
     trainable: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)   # odd photos, repaired class images: one line each
 
     @classmethod
     def build(cls, job, *, model, device, n_photos, n_views, skipped, class_job, n_class_views, params, lrs, max_steps,
-              num_processes, identifier, instance_prompt, class_prompt) -> "Plan":
+              num_processes, identifier, instance_prompt, class_prompt, notes=()) -> "Plan":
         t = job.train
         eff = t.train_batch_size * t.gradient_accumulation_steps * num_processes
         prior = "OFF"
@@ -44,7 +46,8 @@ class Plan:
             instance_views=n_views, skipped=[f"{p.name} ({why})" for p, why in skipped], prior_preservation=prior,
             class_views=n_class_views, steps=max_steps, effective_batch=eff,
             views_seen_per_photo=round(max_steps * eff / max(n_photos, 1), 1),
-            trainable={n: {"trainable_params": tr, "total_params": tot, "lr": lrs[n]} for n, (tr, tot) in params.items()})
+            trainable={n: {"trainable_params": tr, "total_params": tot, "lr": lrs[n]} for n, (tr, tot) in params.items()},
+            notes=list(notes))
 
     def render(self) -> str:
         lines = [
@@ -55,6 +58,7 @@ class Plan:
         ]
         if self.skipped:
             lines.append(f"skipped      {', '.join(self.skipped)}")
+        lines += [f"note         {note}" for note in self.notes]
         lines += [
             f"prior        preservation {self.prior_preservation}"
             + (f", prompt {self.class_prompt!r}" if self.class_prompt else ""),
@@ -67,4 +71,4 @@ class Plan:
         return "\n".join(lines)
 
     def save(self, folder: Path) -> None:
-        (folder / "plan.json").write_text(json.dumps(asdict(self), indent=1))
+        write_json(folder / "plan.json", asdict(self))

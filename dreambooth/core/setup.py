@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,16 +20,20 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from diffusers.optimization import get_scheduler
 
+from .. import files
 from ..config import TrainJob
 from ..data.batches import BatchPlan, encode_views, make_views
 from ..data.class_images import generate_class_images, plan_class_images
-from ..data.intake import check_output_dir, read_image_folder, to_tensor
+from ..data.intake import photo_notes, read_image_folder, to_tensor
 from ..errors import DreamboothError
 from ..superres.class_pairs import plan_sr_class_pairs, step_a_class_images
 from . import identifier as ident
+from .model_folder import check_resolution, resolution_multiple
 from .models import (Model, encode_text, is_super_resolution, load_model, make_predictor, parameter_report,
-                     tokenize)
+                     state_bytes, tokenize)
 from .plan import Plan
+from .preflight import preflight
+from .publish import finish_interrupted_export
 from .sample import sampler, sampler_name
 
 Tensor = torch.Tensor
@@ -65,12 +68,17 @@ def make_accelerator(job: TrainJob, output_dir: Path) -> Accelerator:
     # (tests, evaluation suites). The process group (PartialState) is left alone.
     AcceleratorState._reset_state()
     try:
-        return Accelerator(mixed_precision=job.train.mixed_precision,
-                           log_with=None if job.output.report_to == "none" else job.output.report_to,
-                           project_dir=str(output_dir / job.output.logging_dir))
+        acc = Accelerator(mixed_precision=job.train.mixed_precision,
+                          log_with=None if job.output.report_to == "none" else job.output.report_to,
+                          project_dir=str(output_dir / job.output.logging_dir))
     except ValueError as e:
         raise DreamboothError(f"--mixed_precision {job.train.mixed_precision} is not available here ({e}). "
                               "Use --mixed_precision bf16 (CPUs and recent GPUs) or no.") from None
+    if acc.device.type == "cpu" and job.train.mixed_precision == "fp16":
+        # accelerate would silently run fp32 while the plan says fp16
+        raise DreamboothError("--mixed_precision fp16 needs a GPU: on a CPU accelerate runs it as fp32. Use "
+                              "--mixed_precision bf16 (CPUs support it) or no.")
+    return acc
 
 
 def resolve_prompts(job: TrainJob, tokenizer) -> tuple[str, str, str | None, list[str]]:
@@ -102,7 +110,13 @@ def setup_run(job: TrainJob) -> Run:
     photos, lrs = check_request(job)                      # cheap checks before anything heavy
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(job, output_dir)
+    if accelerator.is_main_process:   # what a killed run left: finish its export, drop its temporaries
+        finish_interrupted_export(output_dir)
+        files.remove_stale_temps(output_dir)
     model = load_model(job.model, d.resolution)
+    check_resolution(model.resolution, resolution_multiple(model.vae and model.vae.config, model.unet.config),
+                     model.source)
+    require_room_for_outputs(model, output_dir, t.train_text_encoder)
     identifier, instance_prompt, class_prompt, warnings = resolve_prompts(job, model.tokenizer)
     for w in warnings:
         accelerator.print(f"warning: {w}")
@@ -129,11 +143,13 @@ def setup_run(job: TrainJob) -> Run:
     text = _text_conditioning(model, trainable.get("text_encoder", model.text_encoder), instance_prompt,
                               class_prompt if class_job else None, t)
 
-    max_steps = t.max_train_steps or -(-t.num_train_epochs * len(views) // (t.train_batch_size *
-                                                                            t.gradient_accumulation_steps))
+    max_steps = t.max_train_steps if t.max_train_steps is not None else \
+        -(-t.num_train_epochs * len(views) // (t.train_batch_size * t.gradient_accumulation_steps))
     lrs, optimizer, lr_scheduler = make_optimizer(job, trainable, lrs, max_steps, accelerator)
+    notes = photos.notes + photo_notes(photos.photos, model.resolution) + (class_job.notes if class_job else [])
     plan = Plan.build(job, model=model, device=str(accelerator.device), n_photos=len(photos.photos),
-                      n_views=len(views), skipped=photos.skipped, class_job=class_job, n_class_views=len(class_x0),
+                      n_views=len(views), skipped=photos.skipped, notes=notes, class_job=class_job,
+                      n_class_views=len(class_x0),
                       params=params, lrs=lrs, max_steps=max_steps, num_processes=accelerator.num_processes,
                       identifier=identifier, instance_prompt=instance_prompt,
                       class_prompt=class_prompt if class_job else None)
@@ -173,23 +189,13 @@ def check_request(job: TrainJob):
     """Paths, photos and flag combinations, checked before any model is loaded.
     -> (the photo intake, learning rate per module to train)."""
     d, p, o, t = job.data, job.prior, job.optim, job.train
-    if not d.instance_data_dir:
-        raise DreamboothError("No photos given: pass --instance_data_dir FOLDER with 3-5 photos of the subject.")
-    check_output_dir(Path(job.output.output_dir),
-                     [Path(d.instance_data_dir)] + ([Path(p.class_data_dir)] if p.class_data_dir else []))
+    preflight(job)   # settings' ranges, paths, the model folder (the CLI already ran it before its imports)
     photos = read_image_folder(Path(d.instance_data_dir), role="instance")
     if p.with_prior_preservation and is_super_resolution(job.model.pretrained_model_name_or_path):
         step_a_class_images(p)   # an SR model needs step (a)'s class images: say so before loading anything
     lrs = {"unet": o.learning_rate}
-    if t.train_text_encoder:
+    if t.train_text_encoder:   # rates are > 0: the config's ranges
         lrs["text_encoder"] = o.text_encoder_lr if o.text_encoder_lr is not None else o.learning_rate
-        if t.pre_compute_text_embeddings:
-            raise DreamboothError("--pre_compute_text_embeddings freezes the text encoder's output, so it cannot be "
-                                  "combined with --train_text_encoder. Drop one of the two.")
-    for name, lr in lrs.items():
-        if lr <= 0:
-            raise DreamboothError(f"The {name} is set to train with learning rate {lr}; give it a positive rate "
-                                  f"or do not train it.")
     if o.use_8bit_adam:
         _check_bitsandbytes()
     return photos, lrs
@@ -236,7 +242,11 @@ def prepare_class_images(job: TrainJob, model: Model, class_prompt: str | None, 
                           f"{class_job.source}" + (", upscaled by the untouched SR model" if inputs else ""))
     accelerator.print(f"prior preservation ON: {class_job.found} found, {class_job.missing} to generate "
                       f"in {class_job.folder}")
+    for note in class_job.notes:
+        accelerator.print(f"note: {note}")
     if class_job.missing and accelerator.is_main_process:
+        # a generated PNG holds at most 3 bytes per pixel
+        files.require_free_space([(class_job.folder, class_job.missing * 3 * model.resolution ** 2, "class images")])
         with _generation_precision(p.prior_generation_precision, accelerator), sampler(model.pipe, p.class_scheduler):
             generate_class_images(class_job, model.pipe, seed=job.train.seed, steps=p.class_inference_steps,
                                   guidance_scale=p.class_guidance_scale, batch_size=p.sample_batch_size,
@@ -309,8 +319,16 @@ def _check_bitsandbytes() -> None:
         raise DreamboothError("--use_8bit_adam needs a CUDA GPU; none is visible. Drop the flag on this machine.")
 
 
-def write_run_files(run: Run) -> None:
-    """The resolved config, the identifier and the plan, beside the outputs."""
+def require_room_for_outputs(model: Model, output_dir: Path, text_encoder: bool) -> None:
+    """Before any heavy work: room for a checkpoint (trained weights and AdamW's two moments) and
+    for the exported pipeline, which is written beside any earlier one before it replaces it."""
+    trained = state_bytes([model.unet] + ([model.text_encoder] if text_encoder else []))
+    pipeline = state_bytes([m for m in model.pipe.components.values() if isinstance(m, torch.nn.Module)])
+    files.require_free_space([(output_dir, 3 * trained, "a checkpoint"), (output_dir, pipeline, "the pipeline")])
+
+
+def write_run_files(run: Run, folder: Path) -> None:
+    """The resolved config, the identifier and the plan, into `folder` (each file atomically)."""
     from ..config import save_yaml
     # Write what was actually used, so `--config dreambooth.yaml` repeats this run even if defaults change.
     resolved = dataclasses.replace(run.job, data=dataclasses.replace(
@@ -318,8 +336,8 @@ def write_run_files(run: Run) -> None:
         prior=dataclasses.replace(run.job.prior, class_prompt=run.class_prompt,
                                   class_data_dir=str(run.class_data_dir) if run.class_data_dir
                                   else run.job.prior.class_data_dir))
-    save_yaml(resolved, run.output_dir / "dreambooth.yaml")
-    (run.output_dir / "identifier.json").write_text(json.dumps(
-        {"identifier": run.identifier, "class_name": run.job.data.class_name,
-         "instance_prompt": run.instance_prompt, "class_prompt": run.class_prompt}, indent=1))
-    run.plan.save(run.output_dir)
+    save_yaml(resolved, folder / "dreambooth.yaml")
+    files.write_json(folder / "identifier.json",
+                     {"identifier": run.identifier, "class_name": run.job.data.class_name,
+                      "instance_prompt": run.instance_prompt, "class_prompt": run.class_prompt})
+    run.plan.save(folder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -18,14 +19,23 @@ from ..config import TrainJob
 from ..errors import DreamboothError
 from . import checkpoint as ckpt
 from .identifier import fill_identifier
+from .interrupt import Interrupted, StopSignals, resume_command
 from .losses import LossParts, add_noise, dreambooth_loss, min_snr_weights, noise_target, per_sample_mse, sample_noise
+from .models import state_bytes
+from .publish import publish
 from .sample import generate, make_grid, sampler
 from .setup import Run, setup_run, write_run_files
 from ..data.batches import step_generator
 
 
 def train(job: TrainJob) -> Path:
-    """Run a whole DreamBooth job; returns the output folder."""
+    """Run a whole DreamBooth job; returns the output folder. SIGINT/SIGTERM stop it cleanly
+    (interrupt.py): a checkpoint at the end of the current step, then `Interrupted`."""
+    with StopSignals(Path(job.output.output_dir)) as stop:
+        return _train(job, stop)
+
+
+def _train(job: TrainJob, stop: StopSignals) -> Path:
     spec = job.checkpoint.resume_from_checkpoint
     # Look for the checkpoint first: a wrong path should fail before minutes of setup.
     resume_from = ckpt.find_checkpoint(Path(job.output.output_dir), spec) if spec else None
@@ -35,16 +45,18 @@ def train(job: TrainJob) -> Path:
         acc.print(f"No checkpoint in {run.output_dir} yet; starting from step 0.")
     elif resume_from is not None:
         resume(run, resume_from)
-    if acc.is_main_process:
-        write_run_files(run)
-    acc.print(run.plan.render())
-    if run.start_step >= run.max_steps:
-        acc.print(f"Nothing left to train: the checkpoint is at step {run.start_step} and max_train_steps is "
-                  f"{run.max_steps}. Raise --max_train_steps to train further.")
-    else:
-        acc.init_trackers("dreambooth")
-        loop(run)
-        acc.end_training()
+    # The files describing the pipeline are swapped in with it (export); an earlier pipeline keeps its own.
+    if acc.is_main_process and not (run.output_dir / "model_index.json").exists():
+        write_run_files(run, run.output_dir)
+    with stop.steps():
+        acc.print(run.plan.render())
+        if run.start_step >= run.max_steps:
+            acc.print(f"Nothing left to train: the checkpoint is at step {run.start_step} and max_train_steps is "
+                      f"{run.max_steps}. Raise --max_train_steps to train further.")
+        else:
+            acc.init_trackers("dreambooth")
+            loop(run, stop)
+            acc.end_training()
     if acc.is_main_process:
         export(run)
     return run.output_dir
@@ -74,9 +86,10 @@ def compute_loss(run: Run, micro_step: int) -> LossParts:
     return dreambooth_loss(per_sample_mse(pred, target), is_prior, run.job.prior.prior_loss_weight, weights)
 
 
-def loop(run: Run) -> None:
+def loop(run: Run, stop: StopSignals | None = None) -> None:
     acc, t, job = run.accelerator, run.job.train, run.job
     accum = t.gradient_accumulation_steps
+    last_save = time.monotonic()
     params = [q for m in run.trainable.values() for q in m.parameters() if q.requires_grad]
     bar = tqdm(range(run.start_step, run.max_steps), initial=run.start_step, total=run.max_steps,
                desc="train", unit="step", disable=not acc.is_local_main_process)
@@ -103,13 +116,30 @@ def loop(run: Run) -> None:
             logs["loss_prior"] = parts.prior.item()
         acc.log(logs, step=done)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2g}")
-        if done % job.checkpoint.checkpointing_steps == 0 or done == run.max_steps:
+        scheduled = done % job.checkpoint.checkpointing_steps == 0 or done == run.max_steps
+        minutes = job.checkpoint.checkpointing_minutes
+        signum, overdue = _agree(acc, stop.requested if stop else None,
+                                 minutes > 0 and time.monotonic() - last_save >= minutes * 60)
+        if scheduled or signum or overdue:
             if acc.is_main_process:
                 ckpt.save_checkpoint(run.output_dir, done, {n: acc.unwrap_model(m) for n, m in run.trainable.items()},
-                                     run.optimizer, run.lr_scheduler, job.checkpoint.checkpoints_total_limit)
+                                     run.optimizer, run.lr_scheduler, job.checkpoint.checkpoints_total_limit,
+                                     interim=not scheduled)
+            acc.wait_for_everyone()
+            last_save = time.monotonic()
+        if signum:
+            raise Interrupted(signum, f"Stopped at step {done} of {run.max_steps}; checkpoint-{done} is saved in "
+                                      f"{run.output_dir}. Resume with:\n  {resume_command()}")
         if job.validation.validation_prompt and (done % job.validation.validation_steps == 0 or done == run.max_steps):
             if acc.is_main_process:
                 validate(run, done)
+
+
+def _agree(acc, signum: int | None, overdue: bool) -> tuple[int, bool]:
+    """Every process stops, or saves on the timer, at the same step: the largest signal number
+    and any process's clock decide (each process may have caught the signal, or not)."""
+    flags = acc.gather(torch.tensor([[signum or 0, int(overdue)]], device=acc.device)).amax(dim=0)
+    return int(flags[0]), bool(flags[1])
 
 
 def _no_sync(acc, modules):
@@ -147,10 +177,21 @@ def validate(run: Run, step: int) -> Path:
 
 
 def export(run: Run) -> Path:
-    """Save the fine-tuned pipeline as a diffusers folder (safetensors only)."""
+    """Save the fine-tuned pipeline as a diffusers folder (safetensors only), with the files that
+    describe it, swapped in atomically over an earlier export (publish.py)."""
     for m in run.trainable.values():
         m.eval()
-    run.model.pipe.save_pretrained(run.output_dir, safe_serialization=True)
+    size = state_bytes([m for m in run.model.pipe.components.values() if isinstance(m, torch.nn.Module)])
+
+    def write(folder: Path) -> None:
+        run.model.pipe.save_pretrained(folder, safe_serialization=True)
+        write_run_files(run, folder)
+
+    last = ckpt.list_checkpoints(run.output_dir)
+    kept = f"The earlier contents of {run.output_dir} are unchanged" + (
+        f", and {last[-1].name} holds the trained weights: resume with `{resume_command()}` to export again."
+        if last else ".")
+    publish(run.output_dir, write, size, "the fine-tuned pipeline", kept)
     run.accelerator.print(f"Saved the fine-tuned pipeline to {run.output_dir} "
                           f"(identifier {run.identifier!r}: try the prompt "
                           f"{run.instance_prompt + ' on the beach'!r})")

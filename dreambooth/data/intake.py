@@ -7,14 +7,19 @@ would be read back as training data) ends up either in ``Intake.skipped`` or in 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:   # numpy and torch are imported where arrays are made: the CLI's path checks run before
+    import torch     # either loads (numpy alone took 5 s on a loaded 2-core machine)
 
 from dreambooth.errors import DreamboothError
 
@@ -34,6 +39,7 @@ class Intake:
     skipped: list[tuple[Path, str]]  # (file, human-readable reason)
     folder: Path | None = None
     role: str = "instance"
+    notes: list[str] = field(default_factory=list)   # usable but odd: duplicates, huge files, ignored subfolders
 
     def summary(self) -> str:
         n = len(self.photos)
@@ -61,16 +67,7 @@ def read_image_folder(
     (for folders that are filled in later, such as generated class images).
     """
     folder = Path(folder)
-    if not folder.exists():
-        raise DreamboothError(
-            f"The {role} image folder {folder} does not exist. "
-            f"Check the path, or create it and put your {role} photos in it."
-        )
-    if not folder.is_dir():
-        raise DreamboothError(
-            f"The {role} image path {folder} is a file, not a folder. "
-            f"Pass the folder that contains the {role} photos instead."
-        )
+    check_image_folder(folder, role)
     try:
         entries = sorted(folder.iterdir(), key=lambda p: p.name)
     except OSError as exc:
@@ -81,6 +78,8 @@ def read_image_folder(
     photos: list[Photo] = []
     skipped: list[tuple[Path, str]] = []
     subfolders: list[str] = []
+    notes: list[str] = []
+    seen: dict[str, Path] = {}
     for path in entries:
         if path.name.startswith("."):
             continue  # .DS_Store, editor swap files and the like are never photos
@@ -91,13 +90,22 @@ def read_image_folder(
             if path.is_symlink():
                 skipped.append((path, "broken symbolic link"))
             continue
-        image, reason = _load(path)
+        image, reason = _load(path, notes)
         if image is not None and min(image.size) < min_size:
             image, reason = None, f"too small: {image.width}x{image.height}, shorter side must be >= {min_size} px"
         if image is None:
             skipped.append((path, reason))
-        else:
-            photos.append(Photo(path, image))
+            continue
+        digest = hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+        if digest in seen:
+            notes.append(f"{path.name} is the same picture as {seen[digest].name}, so it counts twice; delete one "
+                         "copy unless that is meant.")
+        seen.setdefault(digest, path)
+        photos.append(Photo(path, image))
+    if subfolders and photos:
+        notes.append(f"subfolder{'s' if len(subfolders) > 1 else ''} {', '.join(subfolders[:_MAX_LISTED])} of "
+                     f"{folder} {'are' if len(subfolders) > 1 else 'is'} not read: only images directly in the "
+                     "folder are used; move any photos you meant up into it.")
 
     if not photos and not allow_empty:
         found = f"It has no usable files: {_list_skipped(skipped)}." if skipped else "It is empty."
@@ -107,17 +115,53 @@ def read_image_folder(
             f"No usable {role} images in {folder}. {found} "
             f"Put {ACCEPTED_FORMATS} photos directly in that folder and run again."
         )
-    return Intake(photos, skipped, folder, role)
+    return Intake(photos, skipped, folder, role, notes)
 
 
-def _load(path: Path) -> tuple[Image.Image | None, str]:
-    """Return (RGB image, "") or (None, reason); never raises for a bad file."""
+def check_image_folder(folder: Path, role: str) -> None:
+    """The folder exists and is a folder (a path check: no image is opened)."""
+    if not folder.exists():
+        raise DreamboothError(
+            f"The {role} image folder {folder} does not exist. "
+            f"Check the path, or create it and put your {role} photos in it."
+        )
+    if not folder.is_dir():
+        raise DreamboothError(
+            f"The {role} image path {folder} is a file, not a folder. "
+            f"Pass the folder that contains the {role} photos instead."
+        )
+
+
+def photo_notes(photos: Sequence[Photo], resolution: int) -> list[str]:
+    """One line per photo that will train poorly at `resolution`: well below it (upscaled, so
+    blurry) or far from square (each view is a square crop, so most of the picture is never seen)."""
+    notes = []
+    for ph in photos:
+        w, h = ph.image.size
+        if min(w, h) * 1.5 < resolution:   # a slight upscale is harmless
+            notes.append(f"{ph.path.name} is {w}x{h}, smaller than the {resolution} px training size: it is "
+                         f"upscaled {resolution / min(w, h):.1f}x and will look blurry to the model.")
+        if max(w, h) > 2.5 * min(w, h):
+            notes.append(f"{ph.path.name} is {w}x{h}: each training view is a square crop of it, so it shows at "
+                         f"most 1/{max(w, h) / min(w, h):.0f} of the picture; crop it around the subject yourself.")
+    return notes
+
+
+def _load(path: Path, notes: list[str]) -> tuple[Image.Image | None, str]:
+    """Return (RGB image, "") or (None, reason); never raises for a bad file. A very large image is
+    decoded with a note instead of Pillow's raw warning."""
     if path.suffix.lower() in {".heic", ".heif"}:
         return None, "HEIC/HEIF is not supported, convert it to JPEG or PNG"
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now so truncated files are caught here, not mid-training
-            return to_rgb(ImageOps.exif_transpose(im)), ""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()  # decode now so truncated files are caught here, not mid-training
+                if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+                    notes.append(f"{path.name} is {im.width}x{im.height} ({im.width * im.height / 1e6:.0f} "
+                                 "megapixels): decoding it takes a lot of memory; a copy of a few megapixels "
+                                 "trains the same.")
+                return to_rgb(ImageOps.exif_transpose(im)), ""
     except UnidentifiedImageError:
         return None, "not an image"
     except Image.DecompressionBombError:
@@ -142,6 +186,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     # Pillow's own convert() clips 16-bit values at 255, so scale explicitly.
+    import numpy as np
     values = np.nan_to_num(np.asarray(image, dtype=np.float64))
     peak = float(values.max(initial=0.0))
     if image.mode.startswith("I;16"):
@@ -156,7 +201,15 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def check_output_dir(output_dir: Path, input_dirs: Sequence[Path]) -> None:
-    """Refuse an output folder that is, or is inside, an input folder."""
+    """Refuse an output folder that is a file, cannot be written, or is (inside) an input folder."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DreamboothError(f"The output folder {output_dir} is an existing file, not a folder. Choose another "
+                              f"--output_dir (for example {output_dir.with_name(output_dir.name + '-model')}).")
+    parent = next(p for p in [output_dir.absolute(), *output_dir.absolute().parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DreamboothError(f"The output folder {output_dir} cannot be written here ({parent} is not a writable "
+                              "folder). Choose an --output_dir you can write to.")
     out_real = Path(output_dir).resolve()
     for input_dir in input_dirs:
         in_real = Path(input_dir).resolve()
@@ -200,12 +253,15 @@ def fit_square(
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """(3, H, W) float32 in [-1, 1], the range the VAE expects."""
+    import numpy as np
+    import torch
     array = np.array(to_rgb(image), dtype=np.uint8)  # copy: torch wants a writable buffer
     return torch.from_numpy(array).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def to_pil(tensor: torch.Tensor) -> Image.Image:
     """Inverse of ``to_tensor``; values outside [-1, 1] are clamped."""
+    import torch
     if tensor.ndim != 3 or tensor.shape[0] != 3:
         raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(tensor.shape)}")
     t = torch.nan_to_num(tensor.detach().float().cpu()).clamp(-1.0, 1.0)
