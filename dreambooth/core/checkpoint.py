@@ -27,7 +27,11 @@ def save_checkpoint(output_dir: Path, step: int, modules: dict[str, torch.nn.Mod
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, module in modules.items():
-        save_model(module, str(tmp / f"{name}.safetensors"))   # handles tied/shared weights
+        adapter = _adapter_state(module)
+        if adapter is None:
+            save_model(module, str(tmp / f"{name}.safetensors"))   # handles tied/shared weights
+        else:
+            save_file(adapter, tmp / f"{name}.safetensors")
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
     save_file(tensors, tmp / "optimizer.safetensors", metadata={"layout": json.dumps(meta)})
     (tmp / "state.json").write_text(json.dumps({"step": step, "lr_scheduler": lr_scheduler.state_dict()}, indent=1))
@@ -68,7 +72,10 @@ def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
         if not file.exists():
             raise DreamboothError(f"Checkpoint {folder} has no {file.name}, but this run trains '{name}'. "
                                   "Resume with the same --train_text_encoder setting the checkpoint was made with.")
-        load_model(module, str(file))
+        if _adapter_state(module) is None:
+            load_model(module, str(file))
+        else:
+            _load_adapter(module, file)
     opt_file = folder / "optimizer.safetensors"
     from safetensors import safe_open
     with safe_open(opt_file, "pt") as f:
@@ -77,6 +84,28 @@ def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
     state = json.loads((folder / "state.json").read_text())
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     return int(state["step"])
+
+
+def _adapter_state(module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """A partly frozen module (a LoRA run) checkpoints only what trains; the frozen base is the
+    base model's and is loaded from there. None for a fully trained module."""
+    named = list(module.named_parameters())
+    if all(p.requires_grad for _, p in named):
+        return None
+    return {n: p.detach().contiguous() for n, p in named if p.requires_grad}
+
+
+def _load_adapter(module: torch.nn.Module, file: Path) -> None:
+    saved = load_file(file)
+    wanted = _adapter_state(module)
+    if set(saved) != set(wanted) or any(saved[k].shape != wanted[k].shape for k in saved):
+        raise DreamboothError(f"Checkpoint {file} holds other adapter weights than this run trains (different "
+                              "--rank, --lora_layers, --use_dora or --train_text_encoder?). Resume with the settings "
+                              "the checkpoint was made with.")
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name in saved:
+                param.copy_(saved[name])
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -147,11 +147,10 @@ def validate(run: Run, step: int) -> Path:
 
 
 def export(run: Run) -> Path:
-    """Save the fine-tuned pipeline as a diffusers folder (safetensors only)."""
+    """Write the outputs setup chose (a diffusers pipeline folder, or LoRA files), safetensors only."""
     for m in run.trainable.values():
         m.eval()
-    run.model.pipe.save_pretrained(run.output_dir, safe_serialization=True)
-    run.accelerator.print(f"Saved the fine-tuned pipeline to {run.output_dir} "
+    run.accelerator.print(f"Saved {run.save(run)} to {run.output_dir} "
                           f"(identifier {run.identifier!r}: try the prompt "
                           f"{run.instance_prompt + ' on the beach'!r})")
     return run.output_dir

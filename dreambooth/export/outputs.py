@@ -1,0 +1,64 @@
+"""What a training run writes at the end, decided at setup: a diffusers pipeline folder (full
+fine-tune, optionally also a single-file checkpoint), or LoRA files (diffusers layout, optionally
+kohya's). The loop only calls `run.save(run)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..config import TrainJob
+from ..errors import DreamboothError
+from . import lora as lora_files
+
+A1111_FAMILIES = ("sd", "sdxl")
+
+
+def check_outputs(job: TrainJob, model) -> None:
+    """Outputs that cannot exist for this model, said right after it loads (before class images)."""
+    o, a = job.output, job.adapter
+    wanted = [flag for flag, on in (("--output_kohya_format", o.output_kohya_format),
+                                    ("--output_single_file", o.output_single_file)) if on]
+    if wanted and model.family not in A1111_FAMILIES:
+        raise DreamboothError(f"{' and '.join(wanted)} write the layouts A1111 and ComfyUI read, which exist for "
+                              f"Stable Diffusion 1.x/2.x and SDXL; {model.source} is a {type(model.pipe).__name__}. "
+                              "Drop the flag: its diffusers output (pipeline folder or pytorch_lora_weights."
+                              "safetensors) is what loads it.")
+    if o.output_single_file and model.family == "sd" and model.unet.config.use_linear_projection:
+        raise DreamboothError("--output_single_file writes SD 1.x and SDXL checkpoints; this looks like SD 2.x "
+                              "(linear attention projections), whose original layout (an OpenCLIP text tower) is "
+                              "not written. Drop the flag and use the diffusers pipeline folder.")
+    if a.lora and a.use_dora and job.train.train_text_encoder:
+        raise DreamboothError("--use_dora with --train_text_encoder cannot be loaded back: with transformers 5.x, "
+                              "diffusers' load_lora_weights drops a text encoder's DoRA magnitudes (it re-creates "
+                              "them from the base weights). Use DoRA on the UNet only (drop --train_text_encoder), "
+                              "or plain LoRA (drop --use_dora) to also train the text encoder.")
+
+
+def saver(job: TrainJob) -> Callable:
+    return save_adapter if job.adapter.lora else save_pipeline
+
+
+def save_pipeline(run) -> str:
+    run.model.pipe.save_pretrained(run.output_dir, safe_serialization=True)
+    if not run.job.output.output_single_file:
+        return "the fine-tuned pipeline"
+    from .single_file import save_single_file
+    path = Path(run.output_dir) / f"{Path(run.output_dir).resolve().name}.safetensors"
+    meta = {k: v for k, v in lora_files.describe(run, run.model.family).items() if k.startswith("dreambooth.")
+            and k.split(".")[1] in ("identifier", "class_name", "instance_prompt", "base_model")}
+    save_single_file(run.model.pipe, run.model.family, path, meta)
+    return f"the fine-tuned pipeline and the single-file checkpoint {path.name}"
+
+
+def save_adapter(run) -> str:
+    family = run.model.family
+    modules = {n: run.accelerator.unwrap_model(m) for n, m in run.trainable.items()}
+    meta = lora_files.describe(run, family)
+    written = [lora_files.save_lora(run.model.pipe, modules, Path(run.output_dir), meta)]
+    if run.job.output.output_kohya_format:
+        a = run.job.adapter
+        written.append(lora_files.save_kohya(modules, Path(run.output_dir) / lora_files.KOHYA, family,
+                                             a.lora_alpha or a.rank, meta))
+    return f"the LoRA adapter ({', '.join(p.name for p in written)})"
