@@ -1,8 +1,9 @@
 """LoRA files: diffusers' layout (`pipe.load_lora_weights(folder)` reads it) and kohya's (A1111,
 ComfyUI), both written with diffusers' own converters, with the run described in the header.
 
-diffusers' kohya converter assumes alpha = rank and leaves DoRA magnitudes half-renamed; the two
-fixes below make the file say what was trained. SD 1.x files name their one text encoder `lora_te_`
+diffusers' kohya converter assumes alpha = rank; the fix below makes the file say what was trained.
+(DoRA is not written in kohya's layout: diffusers' kohya reader drops DoRA magnitudes, so nothing here
+could check them; outputs.py refuses the combination.) SD 1.x files name their one text encoder `lora_te_`
 (kohya's SD 1.x spelling, which A1111 expects); SDXL's are `lora_te1_` / `lora_te2_`.
 """
 
@@ -62,8 +63,6 @@ def save_kohya(modules: dict[str, torch.nn.Module], path: Path, family: str, alp
     for key, value in kohya.items():
         if key.endswith(".alpha"):
             value = torch.tensor(float(alpha))          # the converter writes the rank here
-        elif key.endswith("lora_magnitude_vector"):     # DoRA: '<module>.dora_scale', as kohya names it
-            key = key.removesuffix(".lora_magnitude_vector").replace(".", "_") + ".dora_scale"
         if family == "sd":
             key = key.replace("lora_te1_", "lora_te_")
         fixed[key] = value

@@ -29,6 +29,11 @@ def check_outputs(job: TrainJob, model) -> None:
         raise DreamboothError("--output_single_file writes SD 1.x and SDXL checkpoints; this looks like SD 2.x "
                               "(linear attention projections), whose original layout (an OpenCLIP text tower) is "
                               "not written. Drop the flag and use the diffusers pipeline folder.")
+    if a.lora and a.use_dora and o.output_kohya_format:
+        raise DreamboothError("--use_dora with --output_kohya_format: diffusers' reader of kohya files drops DoRA "
+                              "magnitudes (dora_scale), so such a file could not be checked here and would load as "
+                              "plain LoRA there. Use the diffusers-layout pytorch_lora_weights.safetensors (diffusers "
+                              "loads its magnitudes), or drop --use_dora for a kohya file.")
     if a.lora and a.use_dora and job.train.train_text_encoder:
         raise DreamboothError("--use_dora with --train_text_encoder cannot be loaded back: with transformers 5.x, "
                               "diffusers' load_lora_weights drops a text encoder's DoRA magnitudes (it re-creates "
