@@ -35,8 +35,9 @@ SAMPLERS = ("auto", "DPMSolverMultistepScheduler", "DDPMScheduler", "DDIMSchedul
 @dataclass
 class ModelConfig:
     pretrained_model_name_or_path: str = opt(
-        "", "Base model: a local diffusers pipeline folder (Stable Diffusion 1.x/2.x, DeepFloyd IF stage I, "
-        "or a micro-world model) or a hub id already in the local cache. Default: the micro world's base model "
+        "", "Base model: a local diffusers pipeline folder (Stable Diffusion 1.x/2.x, SDXL, DeepFloyd IF stage I, "
+        "or a micro-world model), a single-file SD/SDXL .safetensors checkpoint (see original_config), or a hub id "
+        "already in the local cache. Default: the micro world's base model "
         "(dreambooth/world/models/base).", aliases=("--model",))
     sr_model: str = opt(
         "auto", "Step (b): a super-resolution pipeline (IF stage II, SD x4 upscaler, micro-world SR) fine-tuned "
@@ -129,7 +130,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = opt(1, "Micro-batches accumulated per optimizer step.")
     seed: int = opt(0, "Seed for identifier choice, class images, noise and validation.")
     train_text_encoder: bool = opt(False, "Also fine-tune the text encoder (the paper does).")
-    mixed_precision: str = opt("no", "Autocast precision; trainable weights stay fp32.", choices=("no", "fp16", "bf16"))
+    mixed_precision: str = opt("no", "Autocast precision; trainable weights (full weights or LoRA adapters) stay "
+                                     "fp32. With --lora the frozen base weights are stored in this precision.",
+                               choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = opt(False, "Trade compute for memory in the UNet (and text encoder).")
     snr_gamma: float | None = opt(None, "Min-SNR loss weighting gamma (5.0 is usual); off when unset.")
     offset_noise: float = opt(0.0, "Offset-noise strength; the bare flag means 0.1 as in diffusers.", const=0.1)
@@ -145,7 +148,8 @@ class AdapterConfig:
     lora: bool = opt(False, "Train a LoRA adapter (via peft) instead of the full weights: the base model stays frozen "
                             "and the output is pytorch_lora_weights.safetensors (diffusers layout; add "
                             "--output_kohya_format for A1111/ComfyUI). diffusers' train_dreambooth_lora*.py command "
-                            "lines run as `dreambooth train --lora ...`.")
+                            "lines run as `dreambooth train --lora ...`. LoRA wants a larger --learning_rate than "
+                            "full fine-tuning (diffusers' LoRA examples use 1e-4).")
     rank: int = opt(4, "LoRA rank: the inner dimension of each low-rank update.")
     lora_alpha: int | None = opt(None, "LoRA alpha: updates are scaled by alpha/rank. Default: the rank (scale 1), as "
                                        "diffusers' scripts.")

@@ -207,3 +207,46 @@ def test_prodigy_optimizer(tiny_sd, photos, tmp_path, monkeypatch, capsys):
     assert main(args) == 0 and (out / LORA).exists()
     monkeypatch.setitem(sys.modules, "prodigyopt", None)      # as if it were not installed
     assert "pip install prodigyopt" in run_error(capsys, args)
+
+
+def test_if_layout_lora(tiny_if, photos, tmp_path, capsys):
+    """DeepFloyd IF: the UNet's added key/value projections get LoRA too; a T5 text encoder cannot."""
+    out = tmp_path / "out"
+    args = ["train", f"--model={tiny_if}", f"--instance-data-dir={photos}", "--class-name=dog", "--lora",
+            "--learning-rate=1e-2", "--max-train-steps=2", f"--output-dir={out}"] + FAST
+    assert main(args) == 0
+    assert any(".add_k_proj." in k for k in load_file(out / LORA))
+    base = DiffusionPipeline.from_pretrained(tiny_if)
+    assert (sample(lora_pipe(tiny_if, out / LORA), clean_caption=False)
+            - sample(base, clean_caption=False)).abs().max() > 0.01
+    assert "CLIP encoders only" in run_error(capsys, args + ["--train-text-encoder"])
+
+
+def test_micro_world_cascade_lora(world, tmp_path, monkeypatch):
+    """Step (a) and step (b) as LoRA runs on the world's IF-layout pixel models, prior preservation on;
+    `generate --model OUT` renders base + LoRA -> SR + LoRA."""
+    import numpy as np
+    from PIL import Image
+    from dreambooth.world.subjects import get_subject, write_photos
+    write_photos(get_subject("striped_star"), 3, tmp_path / "photos", seed=0)
+    out = tmp_path / "out"
+    assert main(["train", f"--model={world / 'base'}", f"--sr-model={world / 'sr'}", "--lora", "--rank=4",
+                 f"--instance-data-dir={tmp_path / 'photos'}", "--class-name=star", "--with-prior-preservation",
+                 "--num-class-images=2", "--learning-rate=1e-2", "--max-train-steps=2", "--sr-max-train-steps=2",
+                 f"--output-dir={out}"] + FAST) == 0
+    for folder, model in ((out, world / "base"), (out / "sr", world / "sr")):
+        assert (folder / LORA).exists() and not (folder / "model_index.json").exists()
+        lora_pipe(model, folder / LORA)          # diffusers reads each one into its own pipeline
+
+    def grid(*argv):
+        path = tmp_path / f"g{len(list(tmp_path.glob('g*.png')))}.png"
+        assert main(["generate", "--prompt", "a <id> star", "-n", "1", "--steps", "2", "--out", str(path),
+                     *argv]) == 0
+        return np.asarray(Image.open(path)).astype(int)
+    tuned = grid(f"--model={out}")
+    assert tuned.shape == (64, 64, 3)            # through the SR stage
+    identifier = json.loads((out / "identifier.json").read_text())["identifier"]
+    path = tmp_path / "plain.png"
+    assert main(["generate", "--prompt", f"a {identifier} star", "-n", "1", "--steps", "2", "--out", str(path),
+                 f"--model={world / 'base'}", f"--sr-model={world / 'sr'}"]) == 0
+    assert np.abs(tuned - np.asarray(Image.open(path)).astype(int)).max() > 2

@@ -29,6 +29,10 @@ def check_outputs(job: TrainJob, model) -> None:
         raise DreamboothError("--output_single_file writes SD 1.x and SDXL checkpoints; this looks like SD 2.x "
                               "(linear attention projections), whose original layout (an OpenCLIP text tower) is "
                               "not written. Drop the flag and use the diffusers pipeline folder.")
+    if a.lora and job.train.train_text_encoder and model.text_encoder.config.model_type.startswith("t5"):
+        raise DreamboothError("--lora with --train_text_encoder on a T5 text encoder (DeepFloyd IF) cannot be loaded "
+                              "back: diffusers' load_lora_weights reads text-encoder LoRA for CLIP encoders only. "
+                              "Drop --train_text_encoder (the UNet's LoRA loads), or fine-tune the full weights.")
     if a.lora and a.use_dora and o.output_kohya_format:
         raise DreamboothError("--use_dora with --output_kohya_format: diffusers' reader of kohya files drops DoRA "
                               "magnitudes (dora_scale), so such a file could not be checked here and would load as "
