@@ -52,6 +52,17 @@ class Result:
     other_load_cores: float        # CPU used by everything else on the machine during the run, in cores
     phases: dict[str, float]       # seconds since process start, read from progress-bar output
     log: str
+    output_mib: float = 0.0        # exported weights: every .safetensors in the output folder but checkpoints
+    checkpoint_mib: float = 0.0    # the last resumable checkpoint
+
+
+def output_sizes(out: Path) -> tuple[float, float]:
+    """(exported weights, last checkpoint) in MiB."""
+    def mib(files) -> float:
+        return round(sum(f.stat().st_size for f in files) / 2**20, 2)
+    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if out.is_dir() else []
+    exported = [f for f in out.rglob("*.safetensors") if not f.relative_to(out).parts[0].startswith("checkpoint-")]
+    return mib(exported), mib(ckpts[-1].rglob("*")) if ckpts else 0.0
 
 
 def command(kind: str, extra: list[str], root: Path, model: Path, args: argparse.Namespace) -> list[str]:
@@ -158,7 +169,7 @@ def run_once(name: str, kind: str, extra: list[str], repeat: int, args: argparse
         phases, rate = timeline(lines, kind)
         return Result(name, repeat, proc.returncode, round(wall, 2), rate and round(rate, 3),
                       round(max(peak, usage.ru_maxrss * 1024) / 2**20, 1), round(cpu, 1), round(other, 2),
-                      {k: round(x, 2) for k, x in phases.items()}, log[-20000:])
+                      {k: round(x, 2) for k, x in phases.items()}, log[-20000:], *output_sizes(Path(tmp) / "out"))
 
 
 def median(rs: list[Result], key: str) -> float | None:
@@ -215,6 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.diffusers_script:
             ap.error("--diffusers-script is required unless --only ours")
         variants.append(("diffusers", "diffusers", []))
+    results = measure(variants, args, table)
+    print(table(results))
+    return 0 if all(r.returncode == 0 for r in results) else 1
+
+
+def measure(variants: list[tuple[str, str, list[str]]], args: argparse.Namespace, render) -> list[Result]:
+    """Run every variant `args.repeats` times, interleaved, on args.model or a fresh 'bench' tiny model;
+    after each run the results so far go to args.json (with `render`'s table)."""
     # Same environment for every tool: fixed thread count, offline hub, unbuffered output for timestamps.
     env = {**os.environ, "OMP_NUM_THREADS": args.threads, "MKL_NUM_THREADS": args.threads, "HF_HUB_OFFLINE": "1",
            "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -236,10 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                         break
                 results.append(r)   # the last attempt, disturbed or not: the table's "other load" shows which
                 if args.json:   # after every run, so an interrupted benchmark keeps what it measured
-                    Path(args.json).write_text(json.dumps({"table": table(results),
+                    Path(args.json).write_text(json.dumps({"table": render(results),
                                                            "runs": [asdict(r) for r in results]}, indent=1))
-    print(table(results))
-    return 0 if all(r.returncode == 0 for r in results) else 1
+    return results
 
 
 if __name__ == "__main__":

@@ -60,3 +60,17 @@ def test_suite_runs_every_comparison(world, tmp_path):
     for name in ("chart_fidelity.png", "chart_prior.png", "chart_identifier.png", "grid_striped_ball.png",
                  "per_prompt.csv"):
         assert (out / name).is_file(), name
+
+
+def test_suite_lora_variant_against_full(world, tmp_path):
+    """Issue 11 point 7's comparison, in miniature: LoRA vs full DreamBooth on the same subject and seeds,
+    with their training time and the size of what each keeps."""
+    out = tmp_path / "suite"
+    assert main(["eval", "--suite", "microworld", "--world-dir", str(world), "--subjects", "striped_ball",
+                 "--variants", "dreambooth", "lora", "--prompts", "1", "--images-per-prompt", "1",
+                 "--class-images", "0", "--steps", "1", "--train-steps", "1", "--num-class-images", "1",
+                 "--out", str(out)]) == 0
+    subject = json.loads((out / "metrics.json").read_text())["subjects"]["striped_ball"]
+    assert {"dreambooth", "lora"} <= set(subject["figures"]) and "train/lora" in subject["seconds"]
+    assert (out / "striped_ball" / "models" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert 0 < subject["output_mib"]["lora"] < subject["output_mib"]["dreambooth"] / 10

@@ -74,6 +74,8 @@ def generate_grid(model_path: str, prompts: list[str], *, n: int, out: Path, see
 
 def open_model(path: str, resolution: int | None = None, lora: str | None = None, lora_scale: float = 1.0,
                original_config: str | None = None) -> tuple[Model, str | None]:
+    """`path` may be a LoRA output folder: its base model is loaded and the LoRA into it."""
+    path, lora = resolve_ref(path, lora)
     model = load_model(ModelConfig(pretrained_model_name_or_path=path, original_config=original_config), resolution)
     model.pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     identifier = read_identifier(Path(path))
