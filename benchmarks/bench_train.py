@@ -235,8 +235,10 @@ def measure(variants: list[tuple[str, str, list[str]]], args: argparse.Namespace
     """Run every variant `args.repeats` times, interleaved, on args.model or a fresh 'bench' tiny model;
     after each run the results so far go to args.json (with `render`'s table)."""
     # Same environment for every tool: fixed thread count, offline hub, unbuffered output for timestamps.
+    # PYTHONPATH: `python -m dreambooth` runs this checkout, whatever copy pip installed.
     env = {**os.environ, "OMP_NUM_THREADS": args.threads, "MKL_NUM_THREADS": args.threads, "HF_HUB_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         model = Path(args.model or Path(tmp) / "sd-bench").resolve()   # the tools run in their own folders

@@ -250,3 +250,20 @@ def test_micro_world_cascade_lora(world, tmp_path, monkeypatch):
     assert main(["generate", "--prompt", f"a {identifier} star", "-n", "1", "--steps", "2", "--out", str(path),
                  f"--model={world / 'base'}", f"--sr-model={world / 'sr'}"]) == 0
     assert np.abs(tuned - np.asarray(Image.open(path)).astype(int)).max() > 2
+
+
+def test_sd_upscaler_lora(photos, tmp_path):
+    """Step (b) on the SD x4 upscaler layout as a LoRA run; diffusers loads it into the upscaler pipeline."""
+    from dreambooth.tiny import build_tiny_sd_upscaler
+    model = build_tiny_sd_upscaler(tmp_path / "x4")
+    out = tmp_path / "out"
+    assert main(["train-sr", f"--model={model}", f"--instance-data-dir={photos}", "--identifier=sks",
+                 "--class-name=dog", "--lora", "--learning-rate=1e-2", "--max-train-steps=2", f"--output-dir={out}"]
+                + FAST) == 0
+    saved = {k.removeprefix("unet."): v for k, v in load_file(out / LORA).items()}
+    pipe = lora_pipe(model, out / LORA, adapter_name="x")
+    loaded = dict(pipe.unet.named_parameters())
+    for key, value in saved.items():       # every trained matrix, in place in the upscaler's UNet
+        a_or_b = "lora_A" if ".lora.down." in key else "lora_B"
+        module = key.split(".lora.")[0]
+        torch.testing.assert_close(loaded[f"{module}.{a_or_b}.x.weight"], value)

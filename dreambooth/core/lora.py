@@ -56,7 +56,8 @@ def add_adapters(modules: dict[str, torch.nn.Module], a: AdapterConfig, dtype: t
         flag = "--lora_layers" if name == "unet" else "--text_encoder_lora_layers"
         spec = a.lora_layers if name == "unet" else a.text_encoder_lora_layers
         targets = unet_targets(module, spec) if name == "unet" else text_targets(module, spec)
-        module.to(dtype)
+        if dtype != torch.float32:     # (a no-op cast still makes diffusers warn)
+            module.to(dtype)
         try:
             insert(module, lora_config(a, targets))
         except ValueError as e:

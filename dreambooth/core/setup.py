@@ -229,8 +229,9 @@ def open_trainable(model: Model, job: TrainJob, accelerator: Accelerator):
     trainable = {name: getattr(model.pipe, name) for name in names}
     if job.adapter.lora:
         dtype = lora.weight_dtype(accelerator.mixed_precision)
-        for name in tower_names(model.pipe):     # the frozen base, trained towers or not, in training precision
-            getattr(model.pipe, name).to(dtype)
+        if dtype != torch.float32:      # the frozen base (trained towers or not) in training precision
+            for name in tower_names(model.pipe):
+                getattr(model.pipe, name).to(dtype)
         lora.add_adapters(trainable, job.adapter, dtype)
     else:
         for module in trainable.values():
