@@ -114,11 +114,12 @@ class OptimConfig:
     adam_weight_decay_text_encoder: float | None = opt(None, "Weight decay of the text encoder(s) (default: "
                                                              "adam_weight_decay).")
     adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
+    # diffusers types the three Prodigy switches as values (--prodigy_decouple=True): const=True takes both forms
     prodigy_beta3: float | None = opt(None, "Prodigy: coefficient of its step-size estimate (default: sqrt(beta2)).")
-    prodigy_decouple: bool = opt(True, "Prodigy: AdamW-style decoupled weight decay.")
-    prodigy_use_bias_correction: bool = opt(True, "Prodigy: Adam's bias correction.")
+    prodigy_decouple: bool = opt(True, "Prodigy: AdamW-style decoupled weight decay.", const=True)
+    prodigy_use_bias_correction: bool = opt(True, "Prodigy: Adam's bias correction.", const=True)
     prodigy_safeguard_warmup: bool = opt(True, "Prodigy: remove the learning rate from the step-size estimate "
-                                               "during warm-up.")
+                                               "during warm-up.", const=True)
     max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables).")
 
 

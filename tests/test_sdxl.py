@@ -80,3 +80,28 @@ def test_sdxl_lora_with_both_text_encoders_loads_in_both_layouts(tiny_sdxl, phot
     diffusers_layout, kohya_layout, base = images.values()
     torch.testing.assert_close(kohya_layout, diffusers_layout, atol=1e-5, rtol=1e-4)
     assert (diffusers_layout - base).abs().max() > 0.01
+
+
+def test_diffusers_sdxl_lora_command_verbatim(tiny_sdxl, photos, tmp_path, capsys):
+    """diffusers' train_dreambooth_lora_sdxl.py README command (paths, sizes, step counts changed; bf16 for
+    fp16 on this CPU; no --push_to_hub), with its Prodigy and kohya options, plus --lora."""
+    import shlex
+    out = tmp_path / "out"
+    argv = ["train", "--lora"] + shlex.split(
+        f"--pretrained_model_name_or_path={tiny_sdxl} --instance_data_dir={photos} "
+        f"--pretrained_vae_model_name_or_path={tiny_sdxl / 'vae'} --output_dir={out} --mixed_precision=bf16 "
+        f'--instance_prompt="a photo of sks dog" --resolution=32 --train_batch_size=1 '
+        f'--gradient_accumulation_steps=2 --learning_rate=1.0 --report_to="tensorboard" --lr_scheduler="constant" '
+        f'--lr_warmup_steps=0 --max_train_steps=2 --validation_prompt="A photo of sks dog in a bucket" '
+        f'--validation_epochs=25 --seed="0" --optimizer="prodigy" --adam_beta1=0.9 --adam_beta2=0.99 '
+        f"--adam_weight_decay=0.01 --prodigy_safeguard_warmup=True --prodigy_use_bias_correction=True "
+        f"--rank=8 --output_kohya_format --crops_coords_top_left_h=0 --crops_coords_top_left_w=0"
+    ) + ["--validation_inference_steps=2"]
+    pytest = __import__("pytest")
+    pytest.importorskip("prodigyopt")
+    assert main(argv) == 0
+    assert "note: --validation_epochs is ignored" in capsys.readouterr().out
+    assert (out / "pytorch_lora_weights_kohya.safetensors").exists()
+    pipe = DiffusionPipeline.from_pretrained(tiny_sdxl)
+    pipe.load_lora_weights(str(out))
+    assert pipe.unet.peft_config["default_0"].r == 8

@@ -61,7 +61,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         meta = f.metadata
         help_ = f"{meta['help']} (default: {f.default})"
         flags = spellings(name) + list(meta["aliases"])
-        if tp is bool:
+        if tp is bool and meta["const"] is None:
             group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_)
         elif meta["const"] is not None:

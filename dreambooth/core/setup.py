@@ -26,6 +26,7 @@ from ..data.batches import BatchPlan, encode_views, make_views
 from ..data.class_images import generate_class_images, plan_class_images
 from ..data.intake import check_output_dir, read_image_folder, to_tensor
 from ..errors import DreamboothError
+from ..export.outputs import check_outputs, saver
 from ..superres.class_pairs import plan_sr_class_pairs, step_a_class_images
 from . import identifier as ident
 from . import lora
@@ -111,7 +112,6 @@ def setup_run(job: TrainJob) -> Run:
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(job, output_dir)
     model = load_model(job.model, d.resolution)
-    from ..export.outputs import check_outputs, saver
     check_outputs(job, model)                             # before the expensive work
     identifier, instance_prompt, class_prompt, warnings = resolve_prompts(job, model.tokenizers)
     for w in warnings:
