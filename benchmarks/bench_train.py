@@ -9,6 +9,7 @@ and a phase timeline read from the tools' progress bars. Figures and commands: d
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import re
@@ -52,6 +53,18 @@ class Result:
     other_load_cores: float        # CPU used by everything else on the machine during the run, in cores
     phases: dict[str, float]       # seconds since process start, read from progress-bar output
     log: str
+    train_cpu_s_per_step: float | None = None   # CPU time per training step (robust to other load)
+    output_mib: float = 0.0        # exported weights: every .safetensors in the output folder but checkpoints
+    checkpoint_mib: float = 0.0    # the last resumable checkpoint
+
+
+def output_sizes(out: Path) -> tuple[float, float]:
+    """(exported weights, last checkpoint) in MiB."""
+    def mib(files) -> float:
+        return round(sum(f.stat().st_size for f in files) / 2**20, 2)
+    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if out.is_dir() else []
+    exported = [f for f in out.rglob("*.safetensors") if not f.relative_to(out).parts[0].startswith("checkpoint-")]
+    return mib(exported), mib(ckpts[-1].rglob("*")) if ckpts else 0.0
 
 
 def command(kind: str, extra: list[str], root: Path, model: Path, args: argparse.Namespace) -> list[str]:
@@ -98,7 +111,24 @@ def timeline(lines: list[tuple[float, str]], kind: str) -> tuple[dict[str, float
                 seen.setdefault(int(m.group(1)), t)
                 total = int(m.group(2))
     ok = total > 2 and 1 in seen and total - 1 in seen
+    if ok:   # the timed window, for the CPU time spent in it
+        phases.update(timed_from=seen[1], timed_to=seen[total - 1], timed_steps=total - 2)
     return phases, ((total - 2) / (seen[total - 1] - seen[1]) if ok else None)
+
+
+def cpu_per_step(phases: dict[str, float], cpu: list[tuple[float, float]]) -> float | None:
+    """CPU seconds of the process per training step over the timed window, interpolated from samples
+    of (seconds since start, CPU seconds so far): unlike steps/s, it does not count time spent waiting
+    for a core that other processes hold."""
+    if "timed_steps" not in phases or len(cpu) < 2:
+        return None
+    times, used = zip(*cpu)
+
+    def at(t: float) -> float:
+        i = min(max(bisect.bisect_left(times, t), 1), len(times) - 1)
+        (t0, c0), (t1, c1) = cpu[i - 1], cpu[i]
+        return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
+    return (at(phases["timed_to"]) - at(phases["timed_from"])) / phases["timed_steps"]
 
 
 def busy_jiffies() -> int:
@@ -136,7 +166,7 @@ def run_once(name: str, kind: str, extra: list[str], repeat: int, args: argparse
 
         reader = threading.Thread(target=read, args=(proc.stdout.fileno(),), daemon=True)
         reader.start()
-        peak, ps = 0, psutil.Process(proc.pid)
+        peak, ps, samples = 0, psutil.Process(proc.pid), []
         while True:
             # os.wait4 gives the kernel's exact max RSS; polling the tree catches any child processes.
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -144,6 +174,8 @@ def run_once(name: str, kind: str, extra: list[str], repeat: int, args: argparse
                 break
             try:
                 peak = max(peak, sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)]))
+                times = ps.cpu_times()
+                samples.append((time.perf_counter() - t0, times.user + times.system))
             except psutil.Error:
                 pass
             time.sleep(0.1)
@@ -156,9 +188,11 @@ def run_once(name: str, kind: str, extra: list[str], repeat: int, args: argparse
         if proc.returncode:
             print(f"{name} failed (exit {proc.returncode}):\n{log[-3000:]}", file=sys.stderr)
         phases, rate = timeline(lines, kind)
+        per_step = cpu_per_step(phases, samples)
         return Result(name, repeat, proc.returncode, round(wall, 2), rate and round(rate, 3),
                       round(max(peak, usage.ru_maxrss * 1024) / 2**20, 1), round(cpu, 1), round(other, 2),
-                      {k: round(x, 2) for k, x in phases.items()}, log[-20000:])
+                      {k: round(x, 2) for k, x in phases.items()}, log[-20000:], per_step and round(per_step, 3),
+                      *output_sizes(Path(tmp) / "out"))
 
 
 def median(rs: list[Result], key: str) -> float | None:
@@ -215,9 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.diffusers_script:
             ap.error("--diffusers-script is required unless --only ours")
         variants.append(("diffusers", "diffusers", []))
+    results = measure(variants, args, table)
+    print(table(results))
+    return 0 if all(r.returncode == 0 for r in results) else 1
+
+
+def measure(variants: list[tuple[str, str, list[str]]], args: argparse.Namespace, render) -> list[Result]:
+    """Run every variant `args.repeats` times, interleaved, on args.model or a fresh 'bench' tiny model;
+    after each run the results so far go to args.json (with `render`'s table)."""
     # Same environment for every tool: fixed thread count, offline hub, unbuffered output for timestamps.
+    # PYTHONPATH: `python -m dreambooth` runs this checkout, whatever copy pip installed.
     env = {**os.environ, "OMP_NUM_THREADS": args.threads, "MKL_NUM_THREADS": args.threads, "HF_HUB_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         model = Path(args.model or Path(tmp) / "sd-bench").resolve()   # the tools run in their own folders
@@ -236,10 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                         break
                 results.append(r)   # the last attempt, disturbed or not: the table's "other load" shows which
                 if args.json:   # after every run, so an interrupted benchmark keeps what it measured
-                    Path(args.json).write_text(json.dumps({"table": table(results),
+                    Path(args.json).write_text(json.dumps({"table": render(results),
                                                            "runs": [asdict(r) for r in results]}, indent=1))
-    print(table(results))
-    return 0 if all(r.returncode == 0 for r in results) else 1
+    return results
 
 
 if __name__ == "__main__":

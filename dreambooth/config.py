@@ -41,8 +41,9 @@ SAMPLERS = ("auto", "DPMSolverMultistepScheduler", "DDPMScheduler", "DDIMSchedul
 @dataclass
 class ModelConfig:
     pretrained_model_name_or_path: str = opt(
-        "", "Base model: a local diffusers pipeline folder (Stable Diffusion 1.x/2.x, DeepFloyd IF stage I, "
-        "or a micro-world model) or a hub id already in the local cache. Default: the micro world's base model "
+        "", "Base model: a local diffusers pipeline folder (Stable Diffusion 1.x/2.x, SDXL, DeepFloyd IF stage I, "
+        "or a micro-world model), a single-file SD/SDXL .safetensors checkpoint (see original_config), or a hub id "
+        "already in the local cache. Default: the micro world's base model "
         "(dreambooth/world/models/base).", aliases=("--model",))
     sr_model: str = opt(
         "auto", "Step (b): a super-resolution pipeline (IF stage II, SD x4 upscaler, micro-world SR) fine-tuned "
@@ -52,6 +53,13 @@ class ModelConfig:
     revision: str | None = opt(None, "Hub revision of the base model (only with a hub id).")
     variant: str | None = opt(None, "Weight variant to load, e.g. 'fp16' for diffusion_pytorch_model.fp16.safetensors.")
     tokenizer_name: str | None = opt(None, "Load the tokenizer from this folder instead of the model's tokenizer/.")
+    pretrained_vae_model_name_or_path: str | None = opt(
+        None, "Use this VAE folder instead of the model's vae/ (e.g. an fp16-safe SDXL VAE); it is also the VAE "
+        "of the exported pipeline. Latents are encoded once, in fp32, whichever VAE it is.")
+    original_config: str | None = opt(
+        None, "For a single-file --model (.safetensors in the original SD / SDXL layout): a diffusers pipeline folder "
+        "of the same architecture whose config files describe it (its weights are not read), or the model's "
+        "original YAML (v1-inference.yaml, sd_xl_base.yaml). Needed offline: diffusers otherwise fetches it.")
 
 
 @dataclass
@@ -66,6 +74,11 @@ class DataConfig:
                                  at_least=8, at_most=8192)
     center_crop: bool = opt(False, "Center-crop photos to a square (default: random crop).")
     random_flip: bool = opt(False, "Also train on horizontally flipped photos (avoid for asymmetric subjects).")
+    crops_coords_top_left_h: int | None = opt(None, "SDXL: crop top coordinate given to the UNet's time ids for every "
+                                                    "view. Default: each view's real crop offset (as diffusers' "
+                                                    "current SDXL scripts compute it).", at_least=0)
+    crops_coords_top_left_w: int | None = opt(None, "SDXL: crop left coordinate for the time ids (see "
+                                                    "crops_coords_top_left_h).", at_least=0)
     random_crop_views: int = opt(4, "With random cropping: how many fixed random crops per photo are encoded "
                                     "once and cached (so no step re-encodes an image).", at_least=1, at_most=1000)
 
@@ -101,11 +114,22 @@ class OptimConfig:
     lr_warmup_steps: int = opt(0, "Warm-up steps of the schedule.", at_least=0)
     lr_num_cycles: int = opt(1, "Cycles for cosine_with_restarts.", at_least=1)
     lr_power: float = opt(1.0, "Power of the polynomial schedule.", above=0)
+    optimizer: str = opt("adamw", "Optimizer: 'adamw' (fused AdamW; 8-bit with --use_8bit_adam) or 'prodigy' (needs "
+                         "`pip install prodigyopt`; use --learning_rate 1.0 with it, as its authors advise).")
     use_8bit_adam: bool = opt(False, "Use bitsandbytes' 8-bit AdamW (needs a CUDA GPU and bitsandbytes).")
     adam_beta1: float = opt(0.9, "AdamW beta1.", at_least=0, below=1)
     adam_beta2: float = opt(0.999, "AdamW beta2.", at_least=0, below=1)
     adam_weight_decay: float = opt(1e-2, "AdamW weight decay.", at_least=0)
+    adam_weight_decay_text_encoder: float | None = opt(None, "Weight decay of the text encoder(s) (default: "
+                                                             "adam_weight_decay).", at_least=0)
     adam_epsilon: float = opt(1e-8, "AdamW epsilon.", above=0, at_most=1)
+    # diffusers types the three Prodigy switches as values (--prodigy_decouple=True): const=True takes both forms
+    prodigy_beta3: float | None = opt(None, "Prodigy: coefficient of its step-size estimate (default: sqrt(beta2)).",
+                                      at_least=0, below=1)
+    prodigy_decouple: bool = opt(True, "Prodigy: AdamW-style decoupled weight decay.", const=True)
+    prodigy_use_bias_correction: bool = opt(True, "Prodigy: Adam's bias correction.", const=True)
+    prodigy_safeguard_warmup: bool = opt(True, "Prodigy: remove the learning rate from the step-size estimate "
+                                               "during warm-up.", const=True)
     max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables).", at_least=0)
 
 
@@ -120,7 +144,9 @@ class TrainConfig:
     seed: int = opt(0, "Seed for identifier choice, class images, noise and validation.", at_least=0,
                      at_most=2**32 - 1)
     train_text_encoder: bool = opt(False, "Also fine-tune the text encoder (the paper does).")
-    mixed_precision: str = opt("no", "Autocast precision; trainable weights stay fp32.", choices=("no", "fp16", "bf16"))
+    mixed_precision: str = opt("no", "Autocast precision; trainable weights (full weights or LoRA adapters) stay "
+                                     "fp32. With --lora the frozen base weights are stored in this precision.",
+                               choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = opt(False, "Trade compute for memory in the UNet (and text encoder).")
     snr_gamma: float | None = opt(None, "Min-SNR loss weighting gamma (5.0 is usual); off when unset.", above=0)
     offset_noise: float = opt(0.0, "Offset-noise strength; the bare flag means 0.1 as in diffusers.", const=0.1,
@@ -130,6 +156,26 @@ class TrainConfig:
     text_encoder_use_attention_mask: bool | None = opt(None, "Pass the attention mask to the text encoder "
                                                              "(default: yes for T5, no for CLIP).")
     tokenizer_max_length: int | None = opt(None, "Token length for prompts (default: the tokenizer's).", at_least=1)
+
+
+@dataclass
+class AdapterConfig:
+    lora: bool = opt(False, "Train a LoRA adapter (via peft) instead of the full weights: the base model stays frozen "
+                            "and the output is pytorch_lora_weights.safetensors (diffusers layout; add "
+                            "--output_kohya_format for A1111/ComfyUI). diffusers' train_dreambooth_lora*.py command "
+                            "lines run as `dreambooth train --lora ...`. LoRA wants a larger --learning_rate than "
+                            "full fine-tuning (diffusers' LoRA examples use 1e-4).")
+    rank: int = opt(4, "LoRA rank: the inner dimension of each low-rank update.", at_least=1)
+    lora_alpha: int | None = opt(None, "LoRA alpha: updates are scaled by alpha/rank. Default: the rank (scale 1), as "
+                                       "diffusers' scripts.", at_least=1)
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.", at_least=0, below=1)
+    use_dora: bool = opt(False, "DoRA (weight-decomposed LoRA): also learns a magnitude per output channel.")
+    lora_layers: str | None = opt(None, "UNet modules that get LoRA, comma separated peft target names. Default: "
+                                        "the attention projections to_q,to_k,to_v,to_out.0 (and add_k_proj,add_v_proj "
+                                        "where the UNet has them: DeepFloyd IF, the micro world's SR).")
+    text_encoder_lora_layers: str | None = opt(None, "With --train_text_encoder: text-encoder modules that get LoRA. "
+                                                     "Default: the attention projections (q_proj,k_proj,v_proj,out_proj "
+                                                     "for CLIP; q,k,v,o for T5).")
 
 
 @dataclass
@@ -175,6 +221,11 @@ class OutputConfig:
     output_dir: str = opt("dreambooth-model", "Where the fine-tuned pipeline, config and checkpoints go.")
     logging_dir: str = opt("logs", "TensorBoard folder, relative to output_dir.")
     report_to: str = opt("tensorboard", "Logger: 'tensorboard' or 'none'.", choices=("tensorboard", "none"))
+    output_kohya_format: bool = opt(False, "LoRA runs: also write pytorch_lora_weights_kohya.safetensors, the kohya "
+                                           "key layout A1111 and ComfyUI read (Stable Diffusion and SDXL).")
+    output_single_file: bool = opt(False, "Full fine-tunes of Stable Diffusion 1.x/SDXL: also write model.safetensors, "
+                                          "one file in the original SD / SDXL key layout (what A1111 and ComfyUI "
+                                          "load as a checkpoint).")
 
 
 @dataclass
@@ -184,6 +235,7 @@ class TrainJob:
     prior: PriorConfig = field(default_factory=PriorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     superres: SuperResConfig = field(default_factory=SuperResConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)

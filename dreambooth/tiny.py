@@ -1,4 +1,4 @@
-"""Small random-weight models of the real SD-1.x and DeepFloyd IF architectures.
+"""Small random-weight models of the real SD-1.x, SDXL and DeepFloyd IF architectures.
 
 Everything is built offline (no hub access) and saved as ordinary diffusers pipeline
 folders in safetensors, so tests, benchmarks and the demo exercise the same loading
@@ -175,16 +175,17 @@ _SD_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def _tiny_clip_text(out_dir: Path, seed: int, **config):
-    """(CLIP tokenizer saved under out_dir/tokenizer, random CLIPTextModel)."""
+def _tiny_clip_text(out_dir: Path, seed: int, *, projection: bool = False, **config):
+    """(CLIP tokenizer saved under out_dir/tokenizer, random CLIPTextModel; with `projection`, the
+    CLIPTextModelWithProjection that gives SDXL its pooled embedding)."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(build_clip_tokenizer(out_dir / "tokenizer"))
     config = config or _SD_SIZES["tiny"]["text"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
+        text_encoder = (CLIPTextModelWithProjection if projection else CLIPTextModel)(CLIPTextConfig(
             vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **config))
     return tokenizer, text_encoder
@@ -221,6 +222,47 @@ def build_tiny_sd(out_dir: Path, *, size: str = "tiny", prediction_type: str = "
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+# -- Stable Diffusion XL ---------------------------------------------------------------------
+
+def build_tiny_sdxl(out_dir: Path, *, seed: int = 0) -> Path:
+    """Save a random-weight StableDiffusionXLPipeline folder (32 px): two CLIP text encoders (the second
+    with the projection that gives the pooled embedding) and tokenizers (the second pads with '!', as
+    SDXL's does), and a UNet with SDXL's "text_time" added conditioning (pooled text + 6 time ids)."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    text = _SD_SIZES["tiny"]["text"]
+    tokenizer, text_encoder = _tiny_clip_text(out_dir, seed, **text)
+    # A wider second tower, as in SDXL (768 vs 1280): single-file readers tell the towers apart by width.
+    text_2 = {**text, "hidden_size": 48, "intermediate_size": 96}
+    _, text_encoder_2 = _tiny_clip_text(out_dir / "_t2", seed + 1, projection=True, projection_dim=32, **text_2)
+    shutil.rmtree(out_dir / "_t2")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(out_dir / "tokenizer", pad_token="!")
+    time_dim = 8
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                            scaling_factor=0.13025, force_upcast=True, **_SD_SIZES["tiny"]["vae"])
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 32),
+            norm_num_groups=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim, cross_attention_dim=text["hidden_size"] + text_2["hidden_size"],
+            projection_class_embeddings_input_dim=6 * time_dim + text_encoder_2.config.projection_dim)
+    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
 

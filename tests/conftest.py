@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from dreambooth.tiny import build_tiny_if, build_tiny_sd
+from dreambooth.tiny import build_tiny_if, build_tiny_sd, build_tiny_sdxl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never wait on a network that is not there
 
@@ -25,6 +25,11 @@ def tiny_sd(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd_v(tmp_path_factory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd-v", prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
 
 
 @pytest.fixture(scope="session")

@@ -72,3 +72,17 @@ def test_suite_runs_subjects_side_by_side(world, tmp_path):
     assert set(record["subjects"]) == {"striped_ball", "bar_can"} and record["config"]["jobs"] == 2
     for name in ("striped_ball", "bar_can"):
         assert set(record["subjects"][name]["figures"]) == {"dreambooth", "base", "ideal"}
+
+
+def test_suite_lora_variant_against_full(world, tmp_path):
+    """Issue 11 point 7's comparison, in miniature: LoRA vs full DreamBooth on the same subject and seeds,
+    with their training time and the size of what each keeps."""
+    out = tmp_path / "suite"
+    assert main(["eval", "--suite", "microworld", "--world-dir", str(world), "--subjects", "striped_ball",
+                 "--variants", "dreambooth", "lora", "--prompts", "1", "--images-per-prompt", "1",
+                 "--class-images", "0", "--steps", "1", "--train-steps", "1", "--num-class-images", "1",
+                 "--out", str(out)]) == 0
+    subject = json.loads((out / "metrics.json").read_text())["subjects"]["striped_ball"]
+    assert {"dreambooth", "lora"} <= set(subject["figures"]) and "train/lora" in subject["seconds"]
+    assert (out / "striped_ball" / "models" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert 0 < subject["output_mib"]["lora"] < subject["output_mib"]["dreambooth"] / 10

@@ -22,6 +22,10 @@ IGNORED = {
     "set_grads_to_none": "gradients are always reset to None",
     "dataloader_num_workers": "images are encoded once before training; no data loader runs during training",
     "local_rank": "the process rank comes from `accelerate launch`",
+    "validation_epochs": "validation runs every --validation_steps steps (default 100)",
+    "image_interpolation_mode": "photos are resized with Lanczos, diffusers' default",
+    "cache_dir": "no model hub is reachable; models are read from local folders",
+    "repeats": "each photo is cut into --random_crop_views cached views; set the length with --max_train_steps",
 }
 # diffusers flags we refuse, with what to do instead (raised before any work starts).
 UNSUPPORTED = {
@@ -34,8 +38,15 @@ UNSUPPORTED = {
                                  "itself; see `dreambooth train-sr`",
     "validation_images": "super-resolution validation upsamples a low-res view of the first photo by itself "
                          "(`dreambooth train-sr`)",
+    "dataset_name": "no model hub is reachable and captions per image are not used; put the photos in a folder and "
+                    "pass --instance_data_dir",
+    "dataset_config_name": "no model hub is reachable; pass --instance_data_dir",
+    "image_column": "photos come from --instance_data_dir, not a dataset",
+    "caption_column": "every photo uses --instance_prompt (or the prompt built from --class-name)",
+    "do_edm_style_training": "EDM-style training (Playground v2.5, EDM SDXL) is not implemented",
 }
-FLAG_ONLY = {"push_to_hub", "allow_tf32", "enable_xformers_memory_efficient_attention", "set_grads_to_none"}
+FLAG_ONLY = {"push_to_hub", "allow_tf32", "enable_xformers_memory_efficient_attention", "set_grads_to_none",
+             "do_edm_style_training"}
 
 
 def spellings(name: str) -> list[str]:
@@ -54,7 +65,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if name in PRESET:     # what actually applies in the main command, which names no --model
             help_ += f" [without --model: {PRESET[name]}, the micro world's preset]"
         flags = spellings(name) + list(meta["aliases"])
-        if tp is bool:
+        if tp is bool and meta["const"] is None:
             group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_)
         elif meta["const"] is not None:

@@ -27,14 +27,15 @@ def cmd_generate(ns: argparse.Namespace, unknown: list[str]) -> None:
     path = generate_grid(ns.model, ns.prompt, n=ns.n, out=Path(ns.out), seed=ns.seed, steps=ns.steps,
                          guidance_scale=ns.guidance_scale, resolution=ns.resolution, scheduler=ns.scheduler,
                          seeds=ns.seeds, sr_model=ns.sr_model, sr_steps=ns.sr_steps,
-                         sr_guidance_scale=ns.sr_guidance_scale, sr_noise_level=ns.sr_noise_level)
+                         sr_guidance_scale=ns.sr_guidance_scale, sr_noise_level=ns.sr_noise_level, lora=ns.lora,
+                         lora_scale=ns.lora_scale, original_config=ns.original_config)
     print(f"wrote {path} (each image in {path.parent / (path.stem + '-images')})")
 
 
 def cmd_tiny_model(ns: argparse.Namespace, unknown: list[str]) -> None:
     _no_unknown(unknown)
     from .. import tiny
-    build = {"sd": tiny.build_tiny_sd, "if": tiny.build_tiny_if}[ns.kind]
+    build = {"sd": tiny.build_tiny_sd, "sdxl": tiny.build_tiny_sdxl, "if": tiny.build_tiny_if}[ns.kind]
     kwargs = {"size": ns.size} if ns.kind == "sd" else {}
     print(f"wrote a random-weight {ns.kind} pipeline to {build(Path(ns.out), **kwargs)}")
 
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_sr.set_defaults(func=cmd_train)
 
     gen = sub.add_parser("generate", help="sample images from a (fine-tuned) pipeline folder")
-    gen.add_argument("--model", required=True, help="pipeline folder, e.g. the output of `dreambooth train`")
+    gen.add_argument("--model", required=True, help="pipeline folder, e.g. the output of `dreambooth train` (a LoRA "
+                     "output folder stands for its base model with the LoRA), or a single-file SD/SDXL checkpoint")
     gen.add_argument("--prompt", required=True, action="append",
                      help="prompt; '<id>' or '[V]' becomes the trained identifier. Repeat for several prompts.")
     gen.add_argument("-n", "--num-images", dest="n", type=at_least(1), default=4, help="images per prompt")
@@ -104,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sr-noise-level", "--sr_noise_level", type=int, default=None,
                      help="noise augmentation of the SR's low-res input (default: the SR pipeline's own, 250 "
                           "for IF stage II, 20 for the x4 upscaler)")
+    gen.add_argument("--lora", default=None, help="a LoRA to load into the base model: the output folder of "
+                     "`dreambooth train --lora`, or one .safetensors file in diffusers' or kohya's layout")
+    gen.add_argument("--lora-scale", "--lora_scale", type=at_least(0, float), default=1.0,
+                     help="strength of the LoRA (0: the base model, 1: as trained)")
+    gen.add_argument("--original-config", "--original_config", default=None,
+                     help="for a single-file --model: a diffusers folder of the same architecture (configs only) "
+                          "or the original YAML")
     gen.add_argument("--steps", type=at_least(1), default=25, help="sampler steps")
     gen.add_argument("--guidance-scale", "--guidance_scale", type=at_least(0, float), default=7.5,
                      help="classifier-free guidance")
@@ -116,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="write a small random-weight model of a real architecture "
                                              "(for trying the tool offline; it generates noise-like images)")
     tiny.add_argument("--out", required=True)
-    tiny.add_argument("--kind", choices=["sd", "if"], default="sd", help="Stable Diffusion or DeepFloyd IF layout")
+    tiny.add_argument("--kind", choices=["sd", "sdxl", "if"], default="sd",
+                      help="Stable Diffusion, SDXL or DeepFloyd IF layout")
     tiny.add_argument("--size", choices=["tiny", "bench"], default="tiny")
     tiny.set_defaults(func=cmd_tiny_model)
 

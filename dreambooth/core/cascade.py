@@ -87,4 +87,5 @@ def sr_step(job: TrainJob, out: Path) -> TrainJob:
              optim=r(a.optim, learning_rate=s.sr_learning_rate or a.optim.learning_rate),
              # a checkpoint folder named for step (a) means nothing to step (b): it resumes its own latest
              checkpoint=r(a.checkpoint, resume_from_checkpoint="latest" if spec else None),
-             output=r(a.output, output_dir=str(out / SR_SUBDIR)))
+             # A1111 / ComfyUI layouts exist for base SD / SDXL models, not for SR models
+             output=r(a.output, output_dir=str(out / SR_SUBDIR), output_kohya_format=False, output_single_file=False))

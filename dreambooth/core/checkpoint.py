@@ -29,7 +29,9 @@ def save_checkpoint(output_dir: Path, step: int, modules: dict, optimizer, lr_sc
     output_dir = Path(output_dir)
     final = output_dir / f"{PREFIX}{step}"
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
-    weights = {name: module.state_dict() for name, module in modules.items()}
+    adapters = {name: _adapter_state(module) for name, module in modules.items()}   # None: the full module
+    weights = {name: module.state_dict() if adapters[name] is None else adapters[name]
+               for name, module in modules.items()}
     size = sum(_nbytes(t) for sd in [tensors, *weights.values()] for t in sd.values())
     files.require_free_space([(output_dir, size, f"checkpoint {final.name}")])
     last = list_checkpoints(output_dir)
@@ -37,7 +39,10 @@ def save_checkpoint(output_dir: Path, step: int, modules: dict, optimizer, lr_sc
     with files.disk_full_is_an_error(output_dir, final.name, kept), files.atomic_path(final) as tmp:
         tmp.mkdir(parents=True)
         for name, module in modules.items():
-            save_model(module, str(tmp / f"{name}.safetensors"))   # handles tied/shared weights
+            if adapters[name] is None:
+                save_model(module, str(tmp / f"{name}.safetensors"))   # handles tied/shared weights
+            else:
+                save_file(adapters[name], tmp / f"{name}.safetensors")
         save_file(tensors, tmp / "optimizer.safetensors", metadata={"layout": json.dumps(meta)})
         (tmp / "state.json").write_text(json.dumps({"step": step, "lr_scheduler": lr_scheduler.state_dict(),
                                                     "interim": interim}, indent=1))
@@ -90,7 +95,10 @@ def load_checkpoint(folder: Path, modules: dict, optimizer, lr_scheduler) -> int
         if not file.exists():
             raise DreamboothError(f"Checkpoint {folder} has no {file.name}, but this run trains '{name}'. "
                                   "Resume with the same --train_text_encoder setting the checkpoint was made with.")
-        load_model(module, str(file))
+        if _adapter_state(module) is None:
+            load_model(module, str(file))
+        else:
+            _load_adapter(module, file)
     opt_file = folder / "optimizer.safetensors"
     from safetensors import safe_open
     with safe_open(opt_file, "pt") as f:
@@ -99,6 +107,30 @@ def load_checkpoint(folder: Path, modules: dict, optimizer, lr_scheduler) -> int
     state = json.loads((folder / "state.json").read_text())
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     return int(state["step"])
+
+
+def _adapter_state(module) -> dict | None:
+    """A partly frozen module (a LoRA run) checkpoints only what trains; the frozen base is the
+    base model's and is loaded from there. None for a fully trained module."""
+    named = list(module.named_parameters())
+    if all(p.requires_grad for _, p in named):
+        return None
+    return {n: p.detach().contiguous() for n, p in named if p.requires_grad}
+
+
+def _load_adapter(module, file: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+    saved = load_file(file)
+    wanted = _adapter_state(module)
+    if set(saved) != set(wanted) or any(saved[k].shape != wanted[k].shape for k in saved):
+        raise DreamboothError(f"Checkpoint {file} holds other adapter weights than this run trains (different "
+                              "--rank, --lora_layers, --use_dora or --train_text_encoder?). Resume with the settings "
+                              "the checkpoint was made with.")
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name in saved:
+                param.copy_(saved[name])
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict, dict]:

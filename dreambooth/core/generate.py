@@ -2,6 +2,9 @@
 
 A personalized cascade (the output of `dreambooth train --sr-model`, whose step (b) sits in OUT/sr/)
 renders base -> SR: each base image is the SR pipeline's low-res input, under the same seed.
+A LoRA (--lora: the output folder of `dreambooth train --lora`, or one .safetensors file in diffusers'
+or kohya's layout) is loaded into the base model by diffusers' own `load_lora_weights`. A LoRA output
+folder also stands for its base model when given as --model.
 """
 
 from __future__ import annotations
@@ -31,11 +34,15 @@ def generate_grid(model_path: str, prompts: list[str], *, n: int, out: Path, see
                   guidance_scale: float, resolution: int | None = None,
                   scheduler: str = "auto", seeds: list[int] | None = None,
                   sr_model: str | None = None, sr_steps: int | None = None, sr_guidance_scale: float | None = None,
-                  sr_noise_level: int | None = None) -> Path:
+                  sr_noise_level: int | None = None, lora: str | None = None, lora_scale: float = 1.0,
+                  original_config: str | None = None) -> Path:
     """Write a grid (one row per prompt) and each image. Image i of a prompt uses seeds[i] (default
-    seed + i) in every stage. sr_model: an SR pipeline folder, 'none', or None for MODEL/sr/ if present."""
+    seed + i) in every stage. sr_model: an SR pipeline folder, 'none', or None for MODEL/sr/ if present.
+    lora: a LoRA folder or file loaded into the base model at `lora_scale`."""
     seeds = seeds or [seed + i for i in range(n)]
-    sr_path = find_sr_model(model_path, sr_model)
+    model_path, lora = resolve_ref(model_path, lora)
+    sr_path = find_sr_model(model_path, sr_model) or (find_sr_model(lora, sr_model) if lora else None)
+    sr_path, sr_lora = resolve_ref(sr_path, None) if sr_path else (None, None)
     if sr_path and is_super_resolution(sr_path) is False:
         raise DreamboothError(f"--sr-model {sr_path} is not a super-resolution model (it takes no low-res "
                               "image). Name an IF stage II, SD x4 upscaler or micro-world SR pipeline folder.")
@@ -44,7 +51,7 @@ def generate_grid(model_path: str, prompts: list[str], *, n: int, out: Path, see
                               "cannot start from a prompt alone. Pass the base model as --model (with the SR model "
                               f"in its {SR_SUBDIR}/ folder, as `dreambooth train --sr-model` writes it, or named by "
                               "--sr-model).")
-    base, identifier = open_model(model_path, resolution)
+    base, identifier = open_model(model_path, resolution, lora, lora_scale, original_config)
     flat = [p for p in prompts for _ in seeds]
     all_seeds = [s for _ in prompts for s in seeds]
     stages = {"base": render(base, fill_prompts(flat, identifier, model_path), all_seeds, steps=steps,
@@ -52,7 +59,7 @@ def generate_grid(model_path: str, prompts: list[str], *, n: int, out: Path, see
                              desc="images" if not sr_path else "base images")}
     del base   # one pipeline in memory at a time
     if sr_path:
-        sr, sr_identifier = open_model(sr_path)
+        sr, sr_identifier = open_model(sr_path, None, sr_lora, lora_scale)
         kwargs = {}
         if sr_noise_level is not None:
             if not 0 <= sr_noise_level < sr.sr.max_level:
@@ -67,10 +74,48 @@ def generate_grid(model_path: str, prompts: list[str], *, n: int, out: Path, see
     return save_images(stages, [(j, s) for j in range(len(prompts)) for s in seeds], out, cols=len(seeds))
 
 
-def open_model(path: str, resolution: int | None = None) -> tuple[Model, str | None]:
-    model = load_model(ModelConfig(pretrained_model_name_or_path=path), resolution)
+def open_model(path: str, resolution: int | None = None, lora: str | None = None, lora_scale: float = 1.0,
+               original_config: str | None = None) -> tuple[Model, str | None]:
+    """`path` may be a LoRA output folder: its base model is loaded and the LoRA into it."""
+    path, lora = resolve_ref(path, lora)
+    model = load_model(ModelConfig(pretrained_model_name_or_path=path, original_config=original_config), resolution)
     model.pipe.to("cuda" if torch.cuda.is_available() else "cpu")
-    return model, read_identifier(Path(path))
+    identifier = read_identifier(Path(path))
+    if lora:
+        identifier = load_lora(model.pipe, lora, lora_scale) or identifier
+    return model, identifier
+
+
+def load_lora(pipe, lora: str, scale: float) -> str | None:
+    """Load a LoRA folder or file into `pipe` at `scale`; -> the identifier it was trained with, if known."""
+    from ..export.lora import WEIGHTS, read_identifier as file_identifier
+    path = Path(lora)
+    file = path / WEIGHTS if path.is_dir() else path
+    if not file.is_file():
+        raise DreamboothError(f"--lora {lora}: no LoRA weights there. Pass the output folder of `dreambooth train "
+                              f"--lora` (it holds {WEIGHTS}) or one LoRA .safetensors file (diffusers or kohya layout).")
+    try:
+        pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name="dreambooth")
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise DreamboothError(f"--lora {lora} does not fit {type(pipe).__name__}'s modules: "
+                              f"{str(e).splitlines()[0][:300]} Pass the base model the LoRA was trained on as --model."
+                              ) from None
+    pipe.set_adapters("dreambooth", scale)
+    return read_identifier(path) if path.is_dir() else file_identifier(file)
+
+
+def resolve_ref(path: str, lora: str | None) -> tuple[str, str | None]:
+    """A LoRA output folder given as the model stands for (its base model, itself)."""
+    folder = Path(path)
+    from ..export.lora import WEIGHTS
+    if folder.is_dir():
+        from .publish import finish_interrupted_export
+        finish_interrupted_export(folder)   # a LoRA export this tool was swapping in when it was killed
+    if lora is None and (folder / WEIGHTS).exists() and not (folder / "model_index.json").exists():
+        from ..config import load_yaml
+        job = load_yaml(folder / "dreambooth.yaml")
+        return job.model.pretrained_model_name_or_path, str(folder)
+    return path, lora
 
 
 def find_sr_model(model_path: str, sr_model: str | None) -> str | None:
@@ -79,7 +124,8 @@ def find_sr_model(model_path: str, sr_model: str | None) -> str | None:
     if sr_model:
         return sr_model
     candidate = Path(model_path) / SR_SUBDIR
-    return str(candidate) if (candidate / "model_index.json").exists() else None
+    from ..export.lora import WEIGHTS
+    return str(candidate) if any((candidate / f).exists() for f in ("model_index.json", WEIGHTS)) else None
 
 
 def fill_prompts(prompts: list[str], identifier: str | None, model_path: str) -> list[str]:

@@ -76,17 +76,15 @@ def rare_candidates(tokenizer, max_chars: int = 3, exclude: tuple[str, ...] = ()
     return out
 
 
-def choose_identifier(tokenizer, seed: int = 0, exclude: tuple[str, ...] = ()) -> str:
-    """Pick a rare single-token identifier deterministically from `seed`."""
+def choose_identifier(tokenizer, seed: int = 0, exclude: tuple[str, ...] = (), also: tuple = ()) -> str:
+    """Pick a rare single-token identifier deterministically from `seed`; it must also be a single
+    token of every tokenizer in `also` (SDXL's second tokenizer)."""
     candidates = rare_candidates(tokenizer, exclude=exclude)
     # The rarest third: rare enough to carry little prior, still a real vocabulary entry.
     band = candidates[: max(1, len(candidates) // 3)]
     random.Random(seed).shuffle(band)
-    for word in band:
-        if is_single_token(tokenizer, word):
-            return word
-    for word in candidates[len(band):]:
-        if is_single_token(tokenizer, word):
+    for word in band + candidates[len(band):]:
+        if all(is_single_token(tok, word) for tok in (tokenizer, *also)):
             return word
     raise ValueError("the tokenizer has no short single-token word to use as an identifier")
 

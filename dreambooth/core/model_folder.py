@@ -31,14 +31,20 @@ def is_super_resolution(source: str) -> bool | None:
 
 
 def locate(source: str, flag: str = "--model", revision: str | None = None) -> Path:
-    """The pipeline folder `source` names: a local folder, or a hub id's snapshot in the local cache.
-    Anything else is refused with what to do."""
+    """The pipeline folder `source` names: a local folder, or a hub id's snapshot in the local cache;
+    or a single-file .safetensors checkpoint (returned as is: the caller reads it as a file). Anything
+    else is refused with what to do."""
     path = Path(source).expanduser()
     if path.is_file():
-        raise DreamboothError(f"{flag} {source} is a single file; dreambooth reads diffusers pipeline folders "
-                              "(model_index.json, unet/, text_encoder/, ...). Convert it once with diffusers' "
-                              "`StableDiffusionPipeline.from_single_file(...).save_pretrained(FOLDER)` on a "
-                              f"machine with its configs, then pass {flag} FOLDER.")
+        if path.suffix == ".safetensors":   # a single-file SD / SDXL checkpoint (read with --original_config)
+            return path
+        if path.suffix in PICKLED:
+            raise DreamboothError(f"{flag} {source} is not a .safetensors file. Checkpoints in other formats (.ckpt, "
+                                  ".pt) are Python pickles that can run code when opened, so dreambooth does not open "
+                                  "them; convert it to safetensors on a machine you trust, or pass a diffusers folder.")
+        raise DreamboothError(f"{flag} {source} is a single file but not a .safetensors checkpoint; dreambooth reads "
+                              "diffusers pipeline folders (model_index.json, unet/, text_encoder/, ...) and single-file "
+                              "SD / SDXL checkpoints in .safetensors.")
     if path.is_dir():
         if not (path / "model_index.json").exists():
             raise DreamboothError(f"{flag} {source} is not a diffusers pipeline folder: it has no model_index.json. "

@@ -3,7 +3,9 @@
 Everything goes through diffusers' own `DiffusionPipeline.from_pretrained`, so a user's folder is
 read exactly as diffusers reads it. The differences between model families are settled here, at
 setup, as small callables (`encode_images`, `predict`, `encode_text`): latent models with a VAE vs
-pixel-space models, learned-variance UNets (DeepFloyd IF) vs plain ones, T5 vs CLIP text towers.
+pixel-space models, learned-variance UNets (DeepFloyd IF) vs plain ones, T5 vs CLIP text towers,
+SDXL's two towers and added conditions (pooled text embedding + time ids). A single-file checkpoint
+in the original SD / SDXL layout is read through diffusers' `from_single_file`.
 The training loop then never asks which kind of model it has.
 """
 
@@ -37,6 +39,7 @@ class Model:
     use_attention_mask: bool         # whether the pipeline passes the padding mask to the text encoder
     learned_variance: bool           # UNet predicts [target, variance] (DeepFloyd IF)
     sr: "SuperResolution | None" = None   # set for super-resolution models (low-res image conditioning)
+    added_cond: bool = False         # SDXL: the UNet also takes the pooled text embedding and 6 time ids
 
     @property
     def unet(self):
@@ -49,6 +52,18 @@ class Model:
     @property
     def tokenizer(self):
         return self.pipe.tokenizer
+
+    @property
+    def tokenizers(self) -> list:
+        """Every tokenizer the prompts go through (SDXL has two; the identifier must suit both)."""
+        return [tok for tok in (self.pipe.tokenizer, getattr(self.pipe, "tokenizer_2", None)) if tok is not None]
+
+    @property
+    def family(self) -> str:
+        """'sd' (SD 1.x/2.x), 'sdxl', or 'other' (DeepFloyd IF, the micro world, SR models): what the
+        A1111 / ComfyUI layouts exist for."""
+        name = type(self.pipe).__name__
+        return {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}.get(name, "other")
 
     @property
     def vae(self):
@@ -91,11 +106,16 @@ def load_model(cfg: ModelConfig, resolution: int | None = None) -> Model:
         resolution=resolution or native,
         latent=vae is not None,
         encode_images=_vae_encoder(vae) if vae is not None else _pixels,
-        predict=make_predictor(unet, learned_variance, sr),
+        predict=make_predictor(unet, learned_variance, sr, _takes_added_cond(unet)),
         use_attention_mask=_pipeline_uses_mask(pipe),
         learned_variance=learned_variance,
         sr=sr,
+        added_cond=_takes_added_cond(unet),
     )
+
+
+def _takes_added_cond(unet) -> bool:
+    return unet.config.addition_embed_type == "text_time"
 
 
 def load_pipeline(cfg: ModelConfig) -> DiffusionPipeline:
@@ -105,7 +125,10 @@ def load_pipeline(cfg: ModelConfig) -> DiffusionPipeline:
                               "by `dreambooth tiny-model --out tiny-sd`.")
     path = Path(src).expanduser()
     from .publish import finish_interrupted_export
-    folder = locate(src, revision=cfg.revision)
+    folder = locate(src, revision=cfg.revision)   # a pipeline folder, a cached hub id or a single .safetensors
+    if folder.is_file():
+        from ..export.single_file import load_single_file
+        return _finish_loading(load_single_file(folder, cfg.original_config), cfg)
     finish_interrupted_export(folder)   # a pipeline this tool was swapping in when it was killed
     require_safetensors(folder)
     try:
@@ -118,9 +141,27 @@ def load_pipeline(cfg: ModelConfig) -> DiffusionPipeline:
             "No model hub is reachable from here, so a hub id only works if it is already in the local cache. "
             "Download the model on a connected machine (`huggingface-cli download ID --local-dir FOLDER`), copy "
             "the folder here and pass --model FOLDER.") from None
+    return _finish_loading(pipe, cfg)
+
+
+def _finish_loading(pipe: DiffusionPipeline, cfg: ModelConfig) -> DiffusionPipeline:
     if cfg.tokenizer_name:
         pipe.tokenizer = _load_tokenizer(cfg.tokenizer_name)
+    if cfg.pretrained_vae_model_name_or_path:
+        pipe.vae = _load_vae(cfg.pretrained_vae_model_name_or_path)
     return pipe
+
+
+def _load_vae(src: str):
+    """A VAE folder (config.json at its root) or a pipeline folder with vae/, as diffusers' scripts take it."""
+    from diffusers import AutoencoderKL
+    sub = "vae" if (Path(src) / "vae" / "config.json").exists() else None
+    try:
+        return AutoencoderKL.from_pretrained(src, subfolder=sub)
+    except (OSError, ValueError) as e:
+        raise DreamboothError(f"Could not load the VAE {src!r} given by --pretrained_vae_model_name_or_path: "
+                              f"{str(e).splitlines()[0][:200]} Pass a local folder with the VAE's config.json and "
+                              "weights (or a pipeline folder with vae/).") from None
 
 
 def _load_tokenizer(name: str):
@@ -156,16 +197,34 @@ def _vae_encoder(vae) -> Callable[[Tensor], Tensor]:
     return encode
 
 
-def make_predictor(unet, learned_variance: bool, sr: "SuperResolution | None" = None) -> Callable[..., Tensor]:
+def make_predictor(unet, learned_variance: bool, sr: "SuperResolution | None" = None,
+                   added_cond: bool = False) -> Callable[..., Tensor]:
     """`unet` may be a DDP wrapper (no .config), hence the flags are passed in.
     Learned-variance UNets (IF) output [prediction, variance] along channels; the loss uses the first half.
-    Super-resolution UNets also see the noise-augmented low-res image, its noise level as class label."""
+    Super-resolution UNets also see the noise-augmented low-res image, its noise level as class label.
+    SDXL's UNet gets `text` as (hidden states, pooled embedding) and each view's time ids."""
 
-    def predict(x_t: Tensor, t: Tensor, text: Tensor, **extras) -> Tensor:
+    def predict(x_t: Tensor, t: Tensor, text, **extras) -> Tensor:
+        kwargs = {}
+        if added_cond:
+            text, pooled = text
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": extras.pop("time_ids")}
         x_in, labels = (x_t, None) if sr is None else sr.condition(x_t, **extras)
-        out = unet(x_in, t, encoder_hidden_states=text, class_labels=labels, return_dict=False)[0]
+        out = unet(x_in, t, encoder_hidden_states=text, class_labels=labels, return_dict=False, **kwargs)[0]
         return out[:, : x_t.shape[1]] if learned_variance else out
     return predict
+
+
+def time_ids(views, resolution: int, crop_h: int | None = None, crop_w: int | None = None) -> Tensor:
+    """SDXL's micro-conditioning of each view, as its pipeline lays it out: (original height, width,
+    crop top, left, target height, width). The crop is where `fit_square` cut the view from the
+    resized photo, unless --crops_coords_top_left_h/w fix it."""
+    rows = []
+    for view in views:
+        h, w, top, left = view.info.get("dreambooth_crop", (resolution, resolution, 0, 0))
+        rows.append([h, w, top if crop_h is None else crop_h, left if crop_w is None else crop_w,
+                     resolution, resolution])
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 @dataclass

@@ -28,10 +28,11 @@ class Plan:
     views_seen_per_photo: float
     trainable: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)   # odd photos, repaired class images: one line each
+    adapter: dict | None = None      # LoRA runs: rank, alpha, DoRA, dropout, adapter file size
 
     @classmethod
     def build(cls, job, *, model, device, n_photos, n_views, skipped, class_job, n_class_views, params, lrs, max_steps,
-              num_processes, identifier, instance_prompt, class_prompt, notes=()) -> "Plan":
+              num_processes, identifier, instance_prompt, class_prompt, notes=(), adapter=None) -> "Plan":
         t = job.train
         eff = t.train_batch_size * t.gradient_accumulation_steps * num_processes
         prior = "OFF"
@@ -47,7 +48,7 @@ class Plan:
             class_views=n_class_views, steps=max_steps, effective_batch=eff,
             views_seen_per_photo=round(max_steps * eff / max(n_photos, 1), 1),
             trainable={n: {"trainable_params": tr, "total_params": tot, "lr": lrs[n]} for n, (tr, tot) in params.items()},
-            notes=list(notes))
+            notes=list(notes), adapter=adapter)
 
     def render(self) -> str:
         lines = [
@@ -68,6 +69,10 @@ class Plan:
         for name, p in self.trainable.items():
             lines.append(f"train        {name}: {p['trainable_params']:,} of {p['total_params']:,} parameters, "
                          f"lr {p['lr']:g}")
+        if self.adapter:
+            a = self.adapter
+            lines.append(f"adapter      {'DoRA' if a['dora'] else 'LoRA'} rank {a['rank']}, alpha {a['alpha']}, "
+                         f"dropout {a['dropout']:g}; adapter file ~{a['file_mib']:g} MiB (fp32 safetensors)")
         return "\n".join(lines)
 
     def save(self, folder: Path) -> None:

@@ -39,6 +39,8 @@ def preflight(job: TrainJob) -> None:
     for flag, source in (("--model", job.model.pretrained_model_name_or_path), ("--sr-model", job.model.sr_model)):
         if source not in NO_MODEL:
             folder = locate(source, flag, job.model.revision if flag == "--model" else None)
+            if folder.is_file():   # a single-file .safetensors checkpoint: its configs come with --original_config
+                continue
             require_safetensors(folder, flag)
             if flag == "--model":
                 check_resolution(d.resolution, folder_resolution_multiple(folder), source)

@@ -18,6 +18,7 @@ from .. import files
 
 JOURNAL = ".export-swap.json"
 INDEX = "model_index.json"
+LORA_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors")   # export/lora.py
 
 
 def publish(out: Path, write: Callable[[Path], None], size: int, what: str, kept: str) -> None:
@@ -51,11 +52,13 @@ def finish_interrupted_export(folder: Path) -> bool:
 
 
 def _pipeline_parts(out: Path) -> list[str]:
-    """The entries of the pipeline now in `out`: model_index.json and its component folders."""
+    """The entries of the export now in `out`: model_index.json and its component folders, and the
+    LoRA files of a LoRA run (a new export replaces all of them)."""
+    lora = [name for name in LORA_FILES if (out / name).exists()]
     if not (out / INDEX).exists():
-        return []
+        return lora
     index = json.loads((out / INDEX).read_text())
-    return [INDEX] + [name for name, spec in index.items() if isinstance(spec, list) and (out / name).exists()]
+    return [INDEX] + [name for name, spec in index.items() if isinstance(spec, list) and (out / name).exists()] + lora
 
 
 def _swap(out: Path, journal: dict) -> None:

@@ -26,14 +26,16 @@ from ..data.batches import BatchPlan, encode_views, make_views
 from ..data.class_images import generate_class_images, plan_class_images
 from ..data.intake import photo_notes, read_image_folder, to_tensor
 from ..errors import DreamboothError
+from ..export.outputs import check_outputs, saver
 from ..superres.class_pairs import plan_sr_class_pairs, step_a_class_images
 from . import identifier as ident
+from . import lora
 from .model_folder import check_resolution, resolution_multiple
-from .models import (Model, encode_text, is_super_resolution, load_model, make_predictor, parameter_report,
-                     state_bytes, tokenize)
+from .models import Model, is_super_resolution, load_model, make_predictor, parameter_report, state_bytes, time_ids
 from .plan import Plan
 from .preflight import preflight
 from .publish import finish_interrupted_export
+from .text import conditioning, tower_names
 from .sample import sampler, sampler_name
 
 Tensor = torch.Tensor
@@ -53,7 +55,7 @@ class Run:
     extras: Callable[[list[int], list[int], torch.Generator], dict]   # what else the UNet sees (SR: low-res)
     sample_inputs: dict                   # extra pipeline inputs for validation (SR: a low-res photo)
     batches: BatchPlan
-    text: Callable[[int, int], Tensor]    # (n_instance, n_class) -> (B, L, D) conditioning
+    text: Callable[[int, int], object]    # (n_instance, n_class) -> (B, L, D) conditioning (SDXL: + pooled)
     trainable: dict[str, torch.nn.Module]
     optimizer: torch.optim.Optimizer
     lr_scheduler: object
@@ -61,6 +63,7 @@ class Run:
     max_steps: int
     plan: Plan
     class_data_dir: Path | None = None    # where the class images came from (prior preservation on)
+    save: Callable[["Run"], str] | None = None   # the export (a pipeline folder, or LoRA files) -> what it wrote
 
 
 def make_accelerator(job: TrainJob, output_dir: Path) -> Accelerator:
@@ -81,18 +84,24 @@ def make_accelerator(job: TrainJob, output_dir: Path) -> Accelerator:
     return acc
 
 
-def resolve_prompts(job: TrainJob, tokenizer) -> tuple[str, str, str | None, list[str]]:
-    """-> (identifier, instance prompt, class prompt or None, warnings)."""
+def resolve_prompts(job: TrainJob, tokenizers: list) -> tuple[str, str, str | None, list[str]]:
+    """-> (identifier, instance prompt, class prompt or None, warnings). The identifier must be a
+    single rare token of every tokenizer (SDXL has two)."""
     d, p = job.data, job.prior
     warnings: list[str] = []
+
+    def check(prompt: str, class_name: str | None) -> None:
+        for tok in tokenizers:
+            warnings.extend(w for w in ident.check_instance_prompt(tok, prompt, class_name, d.identifier)
+                            if w not in warnings)
     if d.instance_prompt:
-        warnings += ident.check_instance_prompt(tokenizer, d.instance_prompt, d.class_name, d.identifier)
+        check(d.instance_prompt, d.class_name)
         identifier = d.identifier or ident.find_identifier(d.instance_prompt, d.class_name) or ""
         instance_prompt = d.instance_prompt
     elif d.class_name:
-        identifier = d.identifier or ident.choose_identifier(tokenizer, job.train.seed)
+        identifier = d.identifier or ident.choose_identifier(tokenizers[0], job.train.seed, also=tuple(tokenizers[1:]))
         if d.identifier:
-            warnings += ident.check_instance_prompt(tokenizer, d.identifier, None, d.identifier)
+            check(d.identifier, None)
         instance_prompt = ident.default_prompts(identifier, d.class_name)[0]
     else:
         raise DreamboothError("Say what the subject is: pass --class-name dog (the prompt 'a photo of [V] dog' is "
@@ -116,8 +125,9 @@ def setup_run(job: TrainJob) -> Run:
     model = load_model(job.model, d.resolution)
     check_resolution(model.resolution, resolution_multiple(model.vae and model.vae.config, model.unet.config),
                      model.source)
-    require_room_for_outputs(model, output_dir, t.train_text_encoder)
-    identifier, instance_prompt, class_prompt, warnings = resolve_prompts(job, model.tokenizer)
+    check_outputs(job, model)                             # before the expensive work
+    require_room_for_outputs(model, output_dir, job)
+    identifier, instance_prompt, class_prompt, warnings = resolve_prompts(job, model.tokenizers)
     for w in warnings:
         accelerator.print(f"warning: {w}")
     model.pipe.to(accelerator.device)
@@ -125,7 +135,7 @@ def setup_run(job: TrainJob) -> Run:
     # Class images first: they are samples of the untouched base model, drawn in eval mode
     # (a UNet in train mode with gradients enabled sampled ~37% slower here).
     class_job = prepare_class_images(job, model, class_prompt, accelerator)
-    trainable, params = open_trainable(model, t, accelerator)
+    trainable, params = open_trainable(model, job, accelerator)
 
     # Encode every view once; steps only index into these tensors.
     views, _ = make_views([ph.image for ph in photos.photos], model.resolution, center_crop=d.center_crop,
@@ -137,14 +147,15 @@ def setup_run(job: TrainJob) -> Run:
         cviews, _ = make_views([ph.image for ph in class_photos], model.resolution, center_crop=True,
                                random_flip=d.random_flip, random_views=1, seed=t.seed)
         class_x0 = encode_views(cviews, model.encode_images).to(accelerator.device)
-    extras = _extras(model, views, cviews, accelerator.device)
+    extras = _extras(model, job, views, cviews, accelerator.device)
     # SR validation upsamples the first photo's low-res view, as a base model's sample would be upsampled.
     sample_inputs = {} if model.sr is None else {"image": [views[0].resize((model.sr.lowres,) * 2, Image.BOX)]}
-    text = _text_conditioning(model, trainable.get("text_encoder", model.text_encoder), instance_prompt,
-                              class_prompt if class_job else None, t)
+    text = conditioning(model, trainable, instance_prompt, class_prompt if class_job else None, t)
 
     max_steps = t.max_train_steps if t.max_train_steps is not None else \
         -(-t.num_train_epochs * len(views) // (t.train_batch_size * t.gradient_accumulation_steps))
+    # every text tower trains at the text encoder's rate (SDXL has two)
+    lrs = {n: lrs["text_encoder" if n.startswith("text_encoder") else n] for n in trainable}
     lrs, optimizer, lr_scheduler = make_optimizer(job, trainable, lrs, max_steps, accelerator)
     notes = photos.notes + photo_notes(photos.photos, model.resolution) + (class_job.notes if class_job else [])
     plan = Plan.build(job, model=model, device=str(accelerator.device), n_photos=len(photos.photos),
@@ -152,12 +163,12 @@ def setup_run(job: TrainJob) -> Run:
                       n_class_views=len(class_x0),
                       params=params, lrs=lrs, max_steps=max_steps, num_processes=accelerator.num_processes,
                       identifier=identifier, instance_prompt=instance_prompt,
-                      class_prompt=class_prompt if class_job else None)
+                      class_prompt=class_prompt if class_job else None, adapter=_adapter_plan(job, trainable))
     return Run(job=job, accelerator=accelerator, model=model, output_dir=output_dir, identifier=identifier,
                instance_prompt=instance_prompt, class_prompt=class_prompt, instance_x0=instance_x0,
                class_x0=class_x0, extras=extras, sample_inputs=sample_inputs, batches=BatchPlan(len(instance_x0), len(class_x0), t.train_batch_size, t.seed),
                text=text, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler, start_step=0,
-               max_steps=max_steps, plan=plan,
+               max_steps=max_steps, plan=plan, save=saver(job),
                class_data_dir=None if class_job is None else class_job.source or class_job.folder)
 
 
@@ -169,20 +180,27 @@ def configure_super_resolution(model: Model, job: TrainJob) -> None:
     model.sr.lowres = s.lowres_resolution or model.sr.lowres
     model.sr.fixed_level = s.sr_noise_level
     model.sr.max_level = min(s.sr_max_noise_level, model.sr.max_level)
-    model.predict = make_predictor(model.unet, model.learned_variance, model.sr)
+    model.predict = make_predictor(model.unet, model.learned_variance, model.sr, model.added_cond)
 
 
-def _extras(model: Model, views, class_views, device) -> Callable:
-    """Per-batch inputs beyond (x_t, t, text): for SR models, the low-res version of each view,
-    made once here like the latents (box filter, as the base model's images are made)."""
-    if model.sr is None:
-        return lambda inst, cls, gen: {}
-    from ..superres.conditioning import downsample
-    low = torch.cat([downsample(torch.stack([to_tensor(v) for v in vs]), model.sr.lowres)
-                     for vs in (views, class_views) if vs]).to(device)      # (N + M, 3, l, l)
+def _extras(model: Model, job: TrainJob, views, class_views, device) -> Callable:
+    """Per-batch inputs beyond (x_t, t, text), one row per view, made once here like the latents:
+    for SR models the low-res version of each view (box filter, as the base model's images are made);
+    for SDXL each view's time ids (original size, crop, target size)."""
+    per_view = {}
+    if model.sr is not None:
+        from ..superres.conditioning import downsample
+        per_view["low"] = torch.cat([downsample(torch.stack([to_tensor(v) for v in vs]), model.sr.lowres)
+                                     for vs in (views, class_views) if vs]).to(device)      # (N + M, 3, l, l)
+    if model.added_cond:
+        per_view["time_ids"] = time_ids(views + class_views, model.resolution, job.data.crops_coords_top_left_h,
+                                        job.data.crops_coords_top_left_w).to(device)        # (N + M, 6)
     n = len(views)
-    return lambda inst, cls, gen: {"low": low[torch.tensor(inst + [n + i for i in cls], dtype=torch.long)],
-                                   "gen": gen}
+
+    def extras(inst: list[int], cls: list[int], gen: torch.Generator) -> dict:
+        rows = torch.tensor(inst + [n + i for i in cls], dtype=torch.long)
+        return {k: v[rows] for k, v in per_view.items()} | ({"gen": gen} if model.sr is not None else {})
+    return extras
 
 
 def check_request(job: TrainJob):
@@ -198,19 +216,34 @@ def check_request(job: TrainJob):
         lrs["text_encoder"] = o.text_encoder_lr if o.text_encoder_lr is not None else o.learning_rate
     if o.use_8bit_adam:
         _check_bitsandbytes()
+    if o.optimizer.lower() not in ("adamw", "prodigy"):
+        raise DreamboothError(f"--optimizer {o.optimizer!r} is not available; choose adamw or prodigy.")
+    if o.optimizer.lower() == "prodigy":
+        _check_prodigy(o)
+    lora.check_adapter_flags(job)
     return photos, lrs
 
 
-def open_trainable(model: Model, t, accelerator: Accelerator):
-    """Freeze everything, then open up the UNet (and text encoder). -> (wrapped modules, param report)."""
+def open_trainable(model: Model, job: TrainJob, accelerator: Accelerator):
+    """Freeze everything, then open up the UNet (and text encoders): all their weights, or a LoRA
+    adapter in each (--lora). -> (wrapped modules, param report)."""
+    t = job.train
     for module in model.pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
-    trainable = {"unet": model.unet}
-    if t.train_text_encoder:
-        trainable["text_encoder"] = model.text_encoder
+    names = ["unet"] + (tower_names(model.pipe) if t.train_text_encoder else [])
+    trainable = {name: getattr(model.pipe, name) for name in names}
+    if job.adapter.lora:
+        dtype = lora.weight_dtype(accelerator.mixed_precision)
+        if dtype != torch.float32:      # the frozen base (trained towers or not) in training precision
+            for name in tower_names(model.pipe):
+                getattr(model.pipe, name).to(dtype)
+        lora.add_adapters(trainable, job.adapter, dtype)
+    else:
+        for module in trainable.values():
+            module.requires_grad_(True)
     for module in trainable.values():
-        module.requires_grad_(True).train()
+        module.train()
         if t.gradient_checkpointing:
             module.enable_gradient_checkpointing() if hasattr(module, "enable_gradient_checkpointing") \
                 else module.gradient_checkpointing_enable()
@@ -220,8 +253,18 @@ def open_trainable(model: Model, t, accelerator: Accelerator):
             raise DreamboothError(f"The {name} was asked to train but has 0 trainable parameters.")
     # Forward passes go through accelerate's wrappers (DDP under several processes) so gradients sync.
     trainable = {name: accelerator.prepare_model(m) for name, m in trainable.items()}
-    model.predict = make_predictor(trainable["unet"], model.learned_variance, model.sr)
+    model.predict = make_predictor(trainable["unet"], model.learned_variance, model.sr, model.added_cond)
     return trainable, params
+
+
+def _adapter_plan(job: TrainJob, trainable: dict) -> dict | None:
+    """What the plan says about a LoRA adapter: its shape and the size of the file it becomes."""
+    a = job.adapter
+    if not a.lora:
+        return None
+    n = sum(q.numel() for m in trainable.values() for q in m.parameters() if q.requires_grad)
+    return {"rank": a.rank, "alpha": a.lora_alpha or a.rank, "dora": a.use_dora, "dropout": a.lora_dropout,
+            "file_mib": round(n * 4 / 2**20, 2)}   # fp32 tensors; the header adds a few KiB
 
 
 def prepare_class_images(job: TrainJob, model: Model, class_prompt: str | None, accelerator: Accelerator):
@@ -260,35 +303,21 @@ def make_optimizer(job: TrainJob, trainable: dict, lrs: dict[str, float], max_st
     o, t = job.optim, job.train
     scale = t.train_batch_size * t.gradient_accumulation_steps * accelerator.num_processes if o.scale_lr else 1
     lrs = {name: lr * scale for name, lr in lrs.items()}
-    groups = [{"params": [q for q in m.parameters() if q.requires_grad], "lr": lrs[n]} for n, m in trainable.items()]
-    optimizer = _adamw_class(o.use_8bit_adam)(groups, betas=(o.adam_beta1, o.adam_beta2),
-                                              weight_decay=o.adam_weight_decay, eps=o.adam_epsilon)
+    te_decay = o.adam_weight_decay if o.adam_weight_decay_text_encoder is None else o.adam_weight_decay_text_encoder
+    groups = [{"params": [q for q in m.parameters() if q.requires_grad], "lr": lrs[n],
+               "weight_decay": o.adam_weight_decay if n == "unet" else te_decay} for n, m in trainable.items()]
+    if o.optimizer.lower() == "prodigy":
+        import prodigyopt
+        optimizer = prodigyopt.Prodigy(groups, betas=(o.adam_beta1, o.adam_beta2), beta3=o.prodigy_beta3,
+                                       weight_decay=o.adam_weight_decay, eps=o.adam_epsilon,
+                                       decouple=o.prodigy_decouple, use_bias_correction=o.prodigy_use_bias_correction,
+                                       safeguard_warmup=o.prodigy_safeguard_warmup)
+    else:
+        optimizer = _adamw_class(o.use_8bit_adam)(groups, betas=(o.adam_beta1, o.adam_beta2),
+                                                  weight_decay=o.adam_weight_decay, eps=o.adam_epsilon)
     lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps,
                                  num_training_steps=max_steps, num_cycles=o.lr_num_cycles, power=o.lr_power)
     return lrs, accelerator.prepare_optimizer(optimizer), lr_scheduler
-
-
-def _text_conditioning(model: Model, te, instance_prompt: str, class_prompt: str | None, t) -> Callable:
-    """A frozen text encoder is run once on the two prompts; a trained one runs every step on
-    token ids tokenized once."""
-    prompts = [instance_prompt] + ([class_prompt] if class_prompt else [])
-    ids, mask = tokenize(model.tokenizer, prompts, t.tokenizer_max_length)
-    use_mask = t.text_encoder_use_attention_mask if t.text_encoder_use_attention_mask is not None \
-        else model.use_attention_mask
-    mask = mask if use_mask else None
-
-    def pick(table: Tensor, n_inst: int, n_class: int) -> Tensor:
-        index = torch.tensor([0] * n_inst + [1] * n_class, device=table.device)
-        return table[index]
-
-    if t.train_text_encoder:
-        return lambda n_inst, n_class: encode_text(te, pick(ids, n_inst, n_class),
-                                                   None if mask is None else pick(mask, n_inst, n_class))
-    with torch.no_grad():
-        table = encode_text(te, ids, mask).detach()   # (2, L, D)
-    if t.pre_compute_text_embeddings:
-        te.to("cpu")   # frees accelerator memory; it is still saved with the pipeline at the end
-    return lambda n_inst, n_class: pick(table, n_inst, n_class)
 
 
 def _generation_precision(precision: str | None, accelerator: Accelerator):
@@ -309,6 +338,17 @@ def _adamw_class(eight_bit: bool):
     return bnb.optim.AdamW8bit
 
 
+def _check_prodigy(o) -> None:
+    try:
+        import prodigyopt  # noqa: F401
+    except ImportError:
+        raise DreamboothError("--optimizer prodigy needs the prodigyopt package (`pip install prodigyopt`). Install "
+                              "it, or use --optimizer adamw.") from None
+    if o.learning_rate < 0.1:
+        print(f"warning: Prodigy estimates the step size itself; its authors advise --learning_rate 1.0 (got "
+              f"{o.learning_rate:g}), which then scales that estimate.")
+
+
 def _check_bitsandbytes() -> None:
     try:
         import bitsandbytes  # noqa: F401
@@ -319,11 +359,16 @@ def _check_bitsandbytes() -> None:
         raise DreamboothError("--use_8bit_adam needs a CUDA GPU; none is visible. Drop the flag on this machine.")
 
 
-def require_room_for_outputs(model: Model, output_dir: Path, text_encoder: bool) -> None:
+def require_room_for_outputs(model: Model, output_dir: Path, job: TrainJob) -> None:
     """Before any heavy work: room for a checkpoint (trained weights and AdamW's two moments) and
-    for the exported pipeline, which is written beside any earlier one before it replaces it."""
-    trained = state_bytes([model.unet] + ([model.text_encoder] if text_encoder else []))
+    for the exported pipeline, which is written beside any earlier one before it replaces it. A LoRA
+    run's adapter is small and not made yet: its checkpoints and export check their own size."""
+    if job.adapter.lora:
+        return
+    trained = state_bytes([model.unet] + ([getattr(model.pipe, n) for n in tower_names(model.pipe)]
+                                          if job.train.train_text_encoder else []))
     pipeline = state_bytes([m for m in model.pipe.components.values() if isinstance(m, torch.nn.Module)])
+    pipeline *= 2 if job.output.output_single_file else 1
     files.require_free_space([(output_dir, 3 * trained, "a checkpoint"), (output_dir, pipeline, "the pipeline")])
 
 

@@ -1,5 +1,5 @@
 """The DreamBooth training loop: setup -> for each step: batch, loss, backward, step, log,
-checkpoint, validate -> export a diffusers pipeline folder.
+checkpoint, validate -> export a diffusers pipeline folder (or LoRA files).
 
 All decisions (model family, precision, text encoder trained or cached, prior on/off) were made
 in setup.py; here a step is the same few calls for every configuration.
@@ -21,10 +21,10 @@ from . import checkpoint as ckpt
 from .identifier import fill_identifier
 from .interrupt import Interrupted, StopSignals, resume_command
 from .losses import LossParts, add_noise, dreambooth_loss, min_snr_weights, noise_target, per_sample_mse, sample_noise
-from .models import state_bytes
 from .publish import publish
 from .sample import generate, make_grid, sampler
 from .setup import Run, setup_run, write_run_files
+from ..export.outputs import has_export, output_bytes
 from ..data.batches import step_generator
 
 
@@ -45,8 +45,8 @@ def _train(job: TrainJob, stop: StopSignals) -> Path:
         acc.print(f"No checkpoint in {run.output_dir} yet; starting from step 0.")
     elif resume_from is not None:
         resume(run, resume_from)
-    # The files describing the pipeline are swapped in with it (export); an earlier pipeline keeps its own.
-    if acc.is_main_process and not (run.output_dir / "model_index.json").exists():
+    # The files describing the outputs are swapped in with them (export); an earlier export keeps its own.
+    if acc.is_main_process and not has_export(run.output_dir):
         write_run_files(run, run.output_dir)
     with stop.steps():
         acc.print(run.plan.render())
@@ -177,22 +177,23 @@ def validate(run: Run, step: int) -> Path:
 
 
 def export(run: Run) -> Path:
-    """Save the fine-tuned pipeline as a diffusers folder (safetensors only), with the files that
-    describe it, swapped in atomically over an earlier export (publish.py)."""
+    """Write the outputs setup chose (a diffusers pipeline folder, or LoRA files; safetensors only)
+    with the files that describe them, swapped in atomically over an earlier export (publish.py)."""
     for m in run.trainable.values():
         m.eval()
-    size = state_bytes([m for m in run.model.pipe.components.values() if isinstance(m, torch.nn.Module)])
+    said = []
 
     def write(folder: Path) -> None:
-        run.model.pipe.save_pretrained(folder, safe_serialization=True)
+        said.append(run.save(run, folder))
         write_run_files(run, folder)
 
     last = ckpt.list_checkpoints(run.output_dir)
     kept = f"The earlier contents of {run.output_dir} are unchanged" + (
         f", and {last[-1].name} holds the trained weights: resume with `{resume_command()}` to export again."
         if last else ".")
-    publish(run.output_dir, write, size, "the fine-tuned pipeline", kept)
-    run.accelerator.print(f"Saved the fine-tuned pipeline to {run.output_dir} "
+    what = "the LoRA adapter" if run.job.adapter.lora else "the fine-tuned pipeline"
+    publish(run.output_dir, write, output_bytes(run), what, kept)
+    run.accelerator.print(f"Saved {said[0]} to {run.output_dir} "
                           f"(identifier {run.identifier!r}: try the prompt "
                           f"{run.instance_prompt + ' on the beach'!r})")
     return run.output_dir

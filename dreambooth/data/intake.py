@@ -248,7 +248,11 @@ def fit_square(
     side = min(w, h)
     start = min(offset / scale, max(w, h) - side)  # rounding must not push the box off the image
     box = (start, 0.0, start + side, float(side)) if w >= h else (0.0, start, float(side), start + side)
-    return image.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    out = image.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    # SDXL conditions on (original size, crop top-left in resized pixels): record where this crop came from.
+    cut = round(start * scale)
+    out.info["dreambooth_crop"] = (h, w, 0, cut) if w >= h else (h, w, cut, 0)
+    return out
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

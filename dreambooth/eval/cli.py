@@ -63,7 +63,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                        help="folder with the world's base/, clip/, instance/ (default: dreambooth/world/models)")
     suite.add_argument("--subjects", nargs="+", default=None, help="world subjects (default: all 12)")
     suite.add_argument("--variants", nargs="+", default=None,
-                       help="dreambooth no_prior common_word no_identifier sr_finetuned (default: all)")
+                       help="dreambooth no_prior common_word no_identifier sr_finetuned (default: all of these), "
+                            "and lora (LoRA DreamBooth, opt-in: compare with `--variants dreambooth lora`)")
     suite.add_argument("--train-steps", "--train_steps", dest="train_steps", type=int, default=None,
                        help="DreamBooth steps per variant (default: the micro-world preset's)")
     suite.add_argument("--num-class-images", "--num_class_images", dest="num_class_images", type=int, default=None,

@@ -43,6 +43,7 @@ class Variant:
     prior: bool = True                        # prior preservation on
     identifier: str | None = None             # None: the tool's rare token; "": no identifier
     sr: bool = False                          # also fine-tune the SR model (step b) on top of 'dreambooth'
+    lora: bool = False                        # a LoRA adapter (rank 4) instead of the full weights
 
 
 def variants(common_word: str) -> dict[str, Variant]:
@@ -50,7 +51,8 @@ def variants(common_word: str) -> dict[str, Variant]:
             "no_prior": Variant("DreamBooth without prior preservation", prior=False),
             "common_word": Variant(f"identifier: the common word '{common_word}'", identifier=common_word),
             "no_identifier": Variant("no identifier ('a photo of CLASS')", identifier=""),
-            "sr_finetuned": Variant("DreamBooth + SR fine-tuning (step b)", sr=True)}
+            "sr_finetuned": Variant("DreamBooth + SR fine-tuning (step b)", sr=True),
+            "lora": Variant("LoRA DreamBooth (rank 4, rare token, prior preservation)", lora=True)}
 
 
 @dataclass
@@ -108,6 +110,7 @@ def train_job(cfg: SuiteConfig, subject: Subject, photos: Path, variant: Variant
     elif variant.identifier is not None:
         job.data.identifier = variant.identifier
     job.prior.with_prior_preservation = variant.prior
+    job.adapter.lora = variant.lora
     job.prior.num_class_images = cfg.num_class_images
     job.prior.class_inference_steps = cfg.settings.steps          # the protocol's sampler for class images too
     job.optim.learning_rate = cfg.learning_rate
@@ -146,6 +149,7 @@ def run_subject(cfg: SuiteConfig, subject: Subject, encoders, log) -> dict:
     table = variants(cfg.common_word)
     samples: dict[str, Samples] = {}
     seconds: dict[str, float] = {}
+    sizes: dict[str, float] = {}
     untouched_sr = str(cfg.sr_folder() or "none")
     models: dict[str, Path] = {}
     ids: dict[str, str] = {}
@@ -164,6 +168,7 @@ def run_subject(cfg: SuiteConfig, subject: Subject, encoders, log) -> dict:
             models[name] = train(train_job(cfg, subject, photos, v, folder / "models" / name))
             sr_model, ids[name] = untouched_sr, "" if v.identifier == "" else read_identifier(models[name]) or ""
         seconds[f"train/{name}"] = round(time.time() - start, 1)
+        sizes[name] = weights_mib(Path(job.output.output_dir) if v.sr else models[name])
         samples[name] = sample_model(models[name], templates, identifier=ids[name], class_name=subject.cls,
                                      class_prompt=class_prompt, settings=cfg.settings, label=v.label,
                                      sr_model=sr_model)
@@ -177,7 +182,15 @@ def run_subject(cfg: SuiteConfig, subject: Subject, encoders, log) -> dict:
     figures = {name: score(s, real, encoders, ideal=samples[IDEAL], embedded=embed_samples(s, encoders))
                for name, s in samples.items()}
     seconds.update({f"sample/{n}": s.seconds for n, s in samples.items()})
-    return {"figures": figures, "samples": samples, "seconds": seconds, "real_self": real.self_similarity()}
+    return {"figures": figures, "samples": samples, "seconds": seconds, "real_self": real.self_similarity(),
+            "output_mib": sizes}
+
+
+def weights_mib(folder: Path) -> float:
+    """What a variant's training wrote to keep: its safetensors outside checkpoints (a pipeline or a LoRA file)."""
+    files = [f for f in Path(folder).rglob("*.safetensors") if not any(p.startswith("checkpoint-")
+                                                                      for p in f.relative_to(folder).parts)]
+    return round(sum(f.stat().st_size for f in files) / 2**20, 3)
 
 
 def _subject_worker(cfg: SuiteConfig, name: str) -> dict:

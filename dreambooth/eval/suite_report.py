@@ -69,7 +69,8 @@ def write_suite_report(out: Path, results: dict, *, config: dict, command: str, 
     record = {
         "command": command, "config": config, "wall_seconds": wall_seconds,
         "mean_over_subjects": means, "targets": targets(means),
-        "subjects": {s: {"seconds": r["seconds"], "photos_vs_one_another": r["real_self"],
+        "subjects": {s: {"seconds": r["seconds"], "output_mib": r.get("output_mib", {}),
+                         "photos_vs_one_another": r["real_self"],
                          "figures": {n: f.headline() for n, f in r["figures"].items()},
                          "per_prompt": {n: f.per_prompt for n, f in r["figures"].items()}}
                      for s, r in results.items()},

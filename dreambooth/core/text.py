@@ -1,0 +1,74 @@
+"""Prompts -> the UNet's text conditioning, built as each pipeline builds it at inference.
+
+One text tower (SD 1.x/2.x, DeepFloyd IF, the micro world): the encoder's hidden states. Two towers
+(SDXL): both encoders' penultimate hidden states side by side, plus the second encoder's projected
+pooled embedding, which the UNet takes as an added condition. A frozen tower runs once on the two
+prompts and its output is cached; a trained one (full or LoRA) runs every step on token ids
+tokenized once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .models import Model, encode_text, tokenize
+
+Tensor = torch.Tensor
+TOWERS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+
+
+def tower_names(pipe) -> list[str]:
+    """The pipeline's text encoders, in the order their outputs are concatenated."""
+    return [enc for tok, enc in TOWERS if getattr(pipe, enc, None) is not None and getattr(pipe, tok, None) is not None]
+
+
+def encode(encoders: list[torch.nn.Module], ids: list[Tensor], masks: list[Tensor | None], dual: bool):
+    """-> (B, L, D) hidden states, or for SDXL ((B, L, D1 + D2), (B, P) pooled), as the pipelines encode."""
+    if not dual:
+        return encode_text(encoders[0], ids[0], masks[0])
+    hidden, pooled = [], None
+    for te, i in zip(encoders, ids):
+        out = te(i.to(next(te.parameters()).device), output_hidden_states=True, return_dict=True)
+        hidden.append(out.hidden_states[-2])   # SDXL conditions on the penultimate layer of both towers
+        pooled = getattr(out, "text_embeds", pooled)   # the projection tower's pooled output
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def _pick(cond, index: Tensor):
+    return tuple(c[index] for c in cond) if isinstance(cond, tuple) else cond[index]
+
+
+def conditioning(model: Model, encoders: dict[str, torch.nn.Module], instance_prompt: str, class_prompt: str | None,
+                 t) -> Callable[[int, int], object]:
+    """(n_instance, n_class) -> the conditioning of a batch laid out [instance views ; class views].
+    `encoders`: each tower by name, the trained ones as wrapped for training."""
+    prompts = [instance_prompt] + ([class_prompt] if class_prompt else [])
+    names = tower_names(model.pipe)
+    towers = [encoders.get(n, getattr(model.pipe, n)) for n in names]
+    tokens = [tokenize(getattr(model.pipe, tok), prompts, t.tokenizer_max_length) for tok, enc in TOWERS if enc in names]
+    use_mask = t.text_encoder_use_attention_mask if t.text_encoder_use_attention_mask is not None \
+        else model.use_attention_mask
+    ids = [i for i, _ in tokens]
+    masks = [m if use_mask else None for _, m in tokens]
+
+    def rows(n_inst: int, n_class: int) -> Tensor:
+        return torch.tensor([0] * n_inst + [1] * n_class)
+
+    if any(n in encoders for n in names):      # a tower trains: encode every step
+        def per_step(n_inst: int, n_class: int):
+            r = rows(n_inst, n_class)
+            return encode(towers, [i[r] for i in ids], [None if m is None else m[r] for m in masks], model.added_cond)
+        return per_step
+    with torch.no_grad():
+        table = encode(towers, ids, masks, model.added_cond)     # (2, L, D), computed once
+    table = tuple(c.detach() for c in table) if isinstance(table, tuple) else table.detach()
+    if t.pre_compute_text_embeddings:
+        for te in towers:
+            te.to("cpu")   # frees accelerator memory; still saved with the pipeline at the end
+    return lambda n_inst, n_class: _pick(table, rows(n_inst, n_class).to(_device(table)))
+
+
+def _device(cond) -> torch.device:
+    return (cond[0] if isinstance(cond, tuple) else cond).device

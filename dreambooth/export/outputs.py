@@ -1,0 +1,95 @@
+"""What a training run writes at the end, decided at setup: a diffusers pipeline folder (full
+fine-tune, optionally also a single-file checkpoint), or LoRA files (diffusers layout, optionally
+kohya's). The export calls `run.save(run, folder)` with an empty staging folder, which
+core/publish.py then swaps into the output folder atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..config import TrainJob
+from ..errors import DreamboothError
+from . import lora as lora_files
+
+A1111_FAMILIES = ("sd", "sdxl")
+
+
+def check_outputs(job: TrainJob, model) -> None:
+    """Outputs that cannot exist for this model, said right after it loads (before class images)."""
+    o, a = job.output, job.adapter
+    wanted = [flag for flag, on in (("--output_kohya_format", o.output_kohya_format),
+                                    ("--output_single_file", o.output_single_file)) if on]
+    if wanted and model.family not in A1111_FAMILIES:
+        raise DreamboothError(f"{' and '.join(wanted)} write the layouts A1111 and ComfyUI read, which exist for "
+                              f"Stable Diffusion 1.x/2.x and SDXL; {model.source} is a {type(model.pipe).__name__}. "
+                              "Drop the flag: its diffusers output (pipeline folder or pytorch_lora_weights."
+                              "safetensors) is what loads it.")
+    if o.output_single_file and model.family == "sd" and model.unet.config.use_linear_projection:
+        raise DreamboothError("--output_single_file writes SD 1.x and SDXL checkpoints; this looks like SD 2.x "
+                              "(linear attention projections), whose original layout (an OpenCLIP text tower) is "
+                              "not written. Drop the flag and use the diffusers pipeline folder.")
+    if a.lora and job.train.train_text_encoder and model.text_encoder.config.model_type.startswith("t5"):
+        raise DreamboothError("--lora with --train_text_encoder on a T5 text encoder (DeepFloyd IF) cannot be loaded "
+                              "back: diffusers' load_lora_weights reads text-encoder LoRA for CLIP encoders only. "
+                              "Drop --train_text_encoder (the UNet's LoRA loads), or fine-tune the full weights.")
+    if a.lora and a.use_dora and o.output_kohya_format:
+        raise DreamboothError("--use_dora with --output_kohya_format: diffusers' reader of kohya files drops DoRA "
+                              "magnitudes (dora_scale), so such a file could not be checked here and would load as "
+                              "plain LoRA there. Use the diffusers-layout pytorch_lora_weights.safetensors (diffusers "
+                              "loads its magnitudes), or drop --use_dora for a kohya file.")
+    if a.lora and a.use_dora and job.train.train_text_encoder:
+        raise DreamboothError("--use_dora with --train_text_encoder cannot be loaded back: with transformers 5.x, "
+                              "diffusers' load_lora_weights drops a text encoder's DoRA magnitudes (it re-creates "
+                              "them from the base weights). Use DoRA on the UNet only (drop --train_text_encoder), "
+                              "or plain LoRA (drop --use_dora) to also train the text encoder.")
+
+
+# an output folder holding one of these holds an export (a pipeline, or a LoRA adapter)
+EXPORT_MARKERS = ("model_index.json", lora_files.WEIGHTS)
+
+
+def saver(job: TrainJob) -> Callable:
+    """-> save(run, folder): writes the run's outputs into `folder` and says what it wrote."""
+    return save_adapter if job.adapter.lora else save_pipeline
+
+
+def has_export(folder: Path) -> bool:
+    return any((Path(folder) / name).exists() for name in EXPORT_MARKERS)
+
+
+def output_bytes(run) -> int:
+    """About how many bytes `run.save` writes (for the free-space check before the export)."""
+    import torch
+    if run.job.adapter.lora:
+        n = sum(q.numel() * q.element_size() for m in run.trainable.values() for q in m.parameters()
+                if q.requires_grad)
+        return n * (2 if run.job.output.output_kohya_format else 1)
+    n = sum(t.numel() * t.element_size() for m in run.model.pipe.components.values()
+            if isinstance(m, torch.nn.Module) for t in m.state_dict().values())
+    return n * (2 if run.job.output.output_single_file else 1)
+
+
+def save_pipeline(run, folder: Path) -> str:
+    run.model.pipe.save_pretrained(folder, safe_serialization=True)
+    if not run.job.output.output_single_file:
+        return "the fine-tuned pipeline"
+    from .single_file import save_single_file
+    path = Path(folder) / f"{Path(run.output_dir).resolve().name}.safetensors"
+    meta = {k: v for k, v in lora_files.describe(run, run.model.family).items() if k.startswith("dreambooth.")
+            and k.split(".")[1] in ("identifier", "class_name", "instance_prompt", "base_model")}
+    save_single_file(run.model.pipe, run.model.family, path, meta)
+    return f"the fine-tuned pipeline and the single-file checkpoint {path.name}"
+
+
+def save_adapter(run, folder: Path) -> str:
+    family = run.model.family
+    modules = {n: run.accelerator.unwrap_model(m) for n, m in run.trainable.items()}
+    meta = lora_files.describe(run, family)
+    written = [lora_files.save_lora(run.model.pipe, modules, Path(folder), meta)]
+    if run.job.output.output_kohya_format:
+        a = run.job.adapter
+        written.append(lora_files.save_kohya(modules, Path(folder) / lora_files.KOHYA, family,
+                                             a.lora_alpha or a.rank, meta))
+    return f"the LoRA adapter ({', '.join(p.name for p in written)})"
