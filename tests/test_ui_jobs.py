@@ -100,10 +100,15 @@ def test_a_crash_is_reported_and_the_queue_goes_on(tmp_path):
 
 
 def test_runs_left_running_by_a_dead_server_become_resumable(tmp_path):
-    a = runs.new_run(tmp_path)
-    a.set_status("running", "Training.", pid=os.getpid())
+    import subprocess
+    a, b = runs.new_run(tmp_path), runs.new_run(tmp_path)
+    a.set_status("running", "Training.", pid=os.getpid())      # a pid that is not a's worker: left alone
+    orphan = subprocess.Popen(sleeper(b, False) + ["dreambooth.ui.worker", str(b.root)])
+    b.set_status("running", "Training.", pid=orphan.pid)     # b's worker outlived its server
+    time.sleep(1)
     JobQueue(tmp_path, command=sleeper).close()
     assert a.status()["state"] == "stopped" and "Resume" in a.status()["message"]
+    assert orphan.wait(30) in (143, -15) and b.status()["state"] == "stopped"   # -15: before its handler was set
 
 
 def test_the_worker_shows_the_clis_error_message(tmp_path):

@@ -4,6 +4,7 @@ button does is in handlers.py, and the Settings widgets are made from form.form_
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 from .form import form_fields
@@ -11,6 +12,8 @@ from .handlers import Handlers, as_values
 from .jobs import JobQueue
 from .runs import MAX_PHOTO_BYTES
 
+# the micro world's images are 32-64 px: enlarge them with sharp pixels, and keep previews small
+CSS = "#db-previews img, #db-gallery img {image-rendering: pixelated}"
 DEFAULT_PROMPTS = "a <id> star on the beach\na <id> star in the snow"
 
 
@@ -77,8 +80,8 @@ def build(work_dir: Path, queue: JobQueue):
                 status = gr.Markdown(elem_id="db-status")
                 bar = gr.HTML()
                 curve = gr.HTML()
-                previews = gr.Gallery(label="Validation previews (set validation_prompt)", columns=4, height="auto",
-                                      elem_id="db-previews")
+                previews = gr.Gallery(label="Validation previews (set validation_prompt)", columns=4, height=240,
+                                      object_fit="contain", elem_id="db-previews")
                 plan = gr.Textbox(label="Plan", lines=10, interactive=False, elem_id="db-plan")
                 log = gr.Textbox(label="Output", lines=10, interactive=False, max_lines=20)
             with gr.Tab("Results", id="results"):
@@ -90,7 +93,7 @@ def build(work_dir: Path, queue: JobQueue):
                 render_btn = gr.Button("Render", variant="primary", elem_id="db-render")
                 results_msg = gr.Markdown(elem_id="db-results-msg")
                 gallery = gr.Gallery(label="Gallery (base, then SR, where the run has a cascade)", columns=4,
-                                     height="auto", elem_id="db-gallery")
+                                     height=420, object_fit="contain", elem_id="db-gallery")
                 with gr.Row():
                     download_btn = gr.Button("Prepare downloads (model zip, LoRA / single file if any)")
                     download_files = gr.File(label="Downloads", file_count="multiple", interactive=False)
@@ -180,6 +183,7 @@ def serve(work_dir: Path, host: str = "127.0.0.1", port: int = 7860) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     queue = JobQueue(work_dir)
     demo, _ = build(work_dir, queue)
+    signal.signal(signal.SIGTERM, _as_ctrl_c)   # a plain `kill` also stops the running job with a checkpoint
     try:
         url = launch(demo, work_dir, host, port)
         print(f"dreambooth UI at {url} (work folder {work_dir}); Ctrl-C to quit", flush=True)
@@ -187,6 +191,10 @@ def serve(work_dir: Path, host: str = "127.0.0.1", port: int = 7860) -> None:
     finally:
         queue.close()
         demo.close()
+
+
+def _as_ctrl_c(signum, frame):
+    raise KeyboardInterrupt
 
 
 def launch(demo, work_dir: Path, host: str, port: int, tries: int = 3) -> str:
@@ -197,7 +205,7 @@ def launch(demo, work_dir: Path, host: str, port: int, tries: int = 3) -> str:
         try:
             _, url, _ = demo.queue(default_concurrency_limit=4).launch(
                 server_name=host, server_port=port, allowed_paths=[str(work_dir)], max_file_size=MAX_PHOTO_BYTES,
-                quiet=True, prevent_thread_lock=True, footer_links=[])
+                quiet=True, prevent_thread_lock=True, footer_links=[], css=CSS)
             return url
         except OSError as e:
             raise DreamboothError(f"The UI cannot listen on {host}:{port} ({e}). Pass another --port.") from None

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from ..errors import DreamboothError
@@ -46,6 +47,23 @@ def last_words(log: Path, exit_code: int) -> str:
     return f"The training process ended with exit code {exit_code}. The end of its output:\n{tail}"
 
 
+def stop_orphan(run: RunFolder, timeout: float = 120) -> None:
+    """A worker that outlived its server (it runs in its own session) is stopped the clean way, so
+    two processes never train into one folder. Its pid is checked to be that run's worker first."""
+    pid = run.status().get("pid")
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, TypeError):
+        return
+    if str(run.root).encode() not in cmdline or b"dreambooth.ui.worker" not in cmdline:
+        return
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(int(timeout * 10)):
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.1)
+
+
 class JobQueue:
     def __init__(self, work_dir: Path, command=worker_command):
         self.work_dir, self.command = Path(work_dir), command
@@ -56,6 +74,7 @@ class JobQueue:
         for run in list_runs(self.work_dir):   # left by a server that died
             state = run.status().get("state")
             if state in ("queued", "running"):
+                stop_orphan(run)
                 run.set_status("stopped", f"The UI server stopped while this run was {state}. Press Resume to go on "
                                           "from its latest checkpoint.")
         self._thread = threading.Thread(target=self._serve, name="dreambooth-jobs", daemon=True)

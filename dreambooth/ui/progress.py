@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .runs import RunFolder
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")   # tqdm's cursor moves for nested bars
 RATE_WINDOW = 20   # steps over which it/s is measured: recent speed, not the average since loading
 
 
@@ -112,7 +114,7 @@ def curve_svg(points: list[tuple[int, float]], width: int = 480, height: int = 1
 def log_tail(run: RunFolder, lines: int = 40) -> str:
     """The end of the worker's output, progress-bar redraws (carriage returns) collapsed to their last state."""
     try:
-        text = run.log.read_text(errors="replace")
+        text = ANSI.sub("", run.log.read_text(errors="replace"))
     except OSError:
         return ""
     shown = [line.split("\r")[-1] for line in text.split("\n")[-lines:]]   # not splitlines: it splits at \r
