@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -375,3 +376,36 @@ def test_dreambench_dog_photos() -> None:
         square = fit_square(photo.image, 256)
         assert square.size == (256, 256)
         assert to_tensor(square).abs().max() <= 1.0
+
+
+# --- odd but usable photos get a note, not silence ----------------------------------------
+
+
+def test_duplicates_ignored_subfolders_and_huge_images_are_noted(tmp_path: Path, monkeypatch) -> None:
+    bands((40, 30), [RED, GREEN]).save(tmp_path / "a.png")
+    bands((40, 30), [RED, GREEN]).save(tmp_path / "b.png")          # the same picture again
+    bands((30, 30), [BLUE, WHITE]).save(tmp_path / "c.png")
+    (tmp_path / "more").mkdir()
+    bands((30, 30), [BLUE, RED]).save(tmp_path / "more" / "d.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)            # c.png (900 px) is fine, a/b (1200) are "huge"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # Pillow's raw DecompressionBombWarning must not reach the user
+        intake = read_image_folder(tmp_path)
+    assert [p.path.name for p in intake.photos] == ["a.png", "b.png", "c.png"]   # used as given
+    notes = "\n".join(intake.notes)
+    assert "b.png is the same picture as a.png, so it counts twice" in notes
+    assert "subfolder more of" in notes and "not read" in notes
+    assert "a.png is 40x30 (0 megapixels): decoding it takes a lot of memory" in notes
+
+
+def test_tiny_and_extreme_aspect_photos_are_noted_for_the_training_size(tmp_path: Path) -> None:
+    from dreambooth.data.intake import photo_notes
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    Image.new("RGB", (20, 4000)).save(tmp_path / "strip.png")
+    Image.new("RGB", (600, 500)).save(tmp_path / "fine.png")
+    notes = photo_notes(read_image_folder(tmp_path).photos, 512)
+    assert len(notes) == 3
+    assert notes[0].startswith("dot.png is 1x1, smaller than the 512 px training size: it is upscaled 512.0x")
+    assert notes[1].startswith("strip.png is 20x4000, smaller than")
+    assert notes[2] == ("strip.png is 20x4000: each training view is a square crop of it, so it shows at most "
+                        "1/200 of the picture; crop it around the subject yourself.")

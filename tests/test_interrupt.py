@@ -8,6 +8,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ class Run:
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True).start()
 
-    def wait_until(self, seen, timeout: float = 120) -> bool:
+    def wait_until(self, seen, timeout: float = 900) -> bool:
         """Poll (every 0.5 ms) until seen() is true; False if the process ended first."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -57,7 +58,7 @@ class Run:
     def printed(self, text: str) -> bool:
         return any(text in line for line in self.lines)
 
-    def finish(self, timeout: float = 120) -> tuple[int, str]:
+    def finish(self, timeout: float = 900) -> tuple[int, str]:
         rc = self.proc.wait(timeout)
         return rc, self.err_path.read_text()
 
@@ -71,7 +72,11 @@ def test_sigterm_checkpoints_the_current_step_and_prints_the_exact_resume_comman
     """Scheduled checkpoints only every 1000 steps: the timer (here every ~0.1 s) writes interim ones,
     each replacing the one before, so a kill loses little; SIGTERM then saves the step it is on."""
     out = tmp_path / "out"
-    args = train_args(tiny_sd, photos, out, "--max-train-steps=40", "--checkpointing-steps=1000",
+    # an earlier export in the same folder: until the new one is swapped in, it stays whole and consistent
+    assert main(train_args(tiny_sd, photos, out, "--max-train-steps=1", "--seed=7")) == 0
+    shutil.rmtree(out / "checkpoint-1")
+    earlier = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    args = train_args(tiny_sd, photos, out, "--max-train-steps=20", "--checkpointing-steps=1000",
                       "--checkpointing-minutes=0.002", "--lr-scheduler=linear")
     run = Run(args, tmp_path)
     assert run.wait_until(lambda: len(list(out.glob("checkpoint-*"))) >= 1)    # the timer's first checkpoint
@@ -79,21 +84,25 @@ def test_sigterm_checkpoints_the_current_step_and_prints_the_exact_resume_comman
     rc, err = run.finish()
     assert rc == 143, err[-2000:]                              # 128 + SIGTERM, as schedulers expect
     assert "Traceback" not in err
-    step = int(re.search(r"Stopped at step (\d+) of 40; checkpoint-\1 is saved in", err)[1])
-    assert 2 <= step < 40
+    step = int(re.search(r"Stopped at step (\d+) of 20; checkpoint-\1 is saved in", err)[1])
+    assert 2 <= step < 20
     assert [p.name for p in out.glob("checkpoint-*")] == [f"checkpoint-{step}"]   # interim ones replaced
     state = json.loads((out / f"checkpoint-{step}" / "state.json").read_text())
     assert state["step"] == step and state["interim"]
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == earlier
+    assert json.loads((out / "plan.json").read_text())["steps"] == 1          # it describes that pipeline
+    assert "seed: 7" in (out / "dreambooth.yaml").read_text()
     command = err.split("Resume with:\n")[1].splitlines()[0].strip()
     assert command == shlex.join(["dreambooth", *args, "--resume_from_checkpoint", "latest"])
 
     # the printed command, run as printed, ends where an uninterrupted run ends
     assert main(shlex.split(command)[1:]) == 0
-    assert main(train_args(tiny_sd, photos, tmp_path / "straight", "--max-train-steps=40",
+    assert main(train_args(tiny_sd, photos, tmp_path / "straight", "--max-train-steps=20",
                            "--checkpointing-steps=1000", "--lr-scheduler=linear")) == 0
     resumed, straight = unet(out), unet(tmp_path / "straight")
     for k in straight:
         torch.testing.assert_close(resumed[k], straight[k], atol=1e-6, rtol=1e-5)
+    assert json.loads((out / "plan.json").read_text())["steps"] == 20
 
 
 def test_ctrl_c_before_any_checkpoint_never_advises_a_resume(tiny_sd, photos, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -100,23 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True, help="pipeline folder, e.g. the output of `dreambooth train`")
     gen.add_argument("--prompt", required=True, action="append",
                      help="prompt; '<id>' or '[V]' becomes the trained identifier. Repeat for several prompts.")
-    gen.add_argument("-n", "--num-images", dest="n", type=int, default=4, help="images per prompt")
+    gen.add_argument("-n", "--num-images", dest="n", type=at_least(1), default=4, help="images per prompt")
     gen.add_argument("--out", default="grid.png", help="grid image to write (one row per prompt); each image "
                                                       "also goes to OUT_STEM-images/")
-    gen.add_argument("--seed", type=int, default=0, help="image i of a prompt uses seed + i")
-    gen.add_argument("--seeds", type=int, nargs="+", default=None, help="explicit seed of each image (sets -n)")
+    gen.add_argument("--seed", type=at_least(0), default=0, help="image i of a prompt uses seed + i")
+    gen.add_argument("--seeds", type=at_least(0), nargs="+", default=None, help="explicit seed of each image (sets -n)")
     gen.add_argument("--sr-model", "--sr_model", default=None,
                      help="super-resolution pipeline for base -> SR (default: MODEL/sr/ when it exists)")
     gen.add_argument("--no-sr", dest="sr_model", action="store_const", const="none", help="base model only")
-    gen.add_argument("--sr-steps", "--sr_steps", type=int, default=None, help="SR sampler steps (default: --steps)")
-    gen.add_argument("--sr-guidance-scale", "--sr_guidance_scale", type=float, default=None,
+    gen.add_argument("--sr-steps", "--sr_steps", type=at_least(1), default=None,
+                     help="SR sampler steps (default: --steps)")
+    gen.add_argument("--sr-guidance-scale", "--sr_guidance_scale", type=at_least(0, float), default=None,
                      help="SR classifier-free guidance (default: the SR pipeline's own, 4.0 for IF stage II)")
     gen.add_argument("--sr-noise-level", "--sr_noise_level", type=int, default=None,
                      help="noise augmentation of the SR's low-res input (default: the SR pipeline's own, 250 "
                           "for IF stage II, 20 for the x4 upscaler)")
-    gen.add_argument("--steps", type=int, default=25, help="sampler steps")
-    gen.add_argument("--guidance-scale", "--guidance_scale", type=float, default=7.5, help="classifier-free guidance")
-    gen.add_argument("--resolution", type=int, default=None, help="image size (default: the model's)")
+    gen.add_argument("--steps", type=at_least(1), default=25, help="sampler steps")
+    gen.add_argument("--guidance-scale", "--guidance_scale", type=at_least(0, float), default=7.5,
+                     help="classifier-free guidance")
+    gen.add_argument("--resolution", type=at_least(8), default=None, help="image size (default: the model's)")
     from ..config import SAMPLERS
     gen.add_argument("--scheduler", choices=SAMPLERS, default="auto",
                      help="sampler built from the model's scheduler config ('model': the model's own; 'auto': the model's own for pixel-space models that clip x0, else DPM-Solver++)")
@@ -166,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     from ..eval.cli import add_eval_parser   # light: heavy imports wait for cmd_eval
     add_eval_parser(sub)
     return parser
+
+
+def at_least(low: float, kind: type = int):
+    """An argparse type: a finite `kind` >= low (argparse turns the ValueError into a one-line error)."""
+    def parse(text: str):
+        value = kind(text)
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"must be a {'whole ' if kind is int else 'finite '}number >= {low}, "
+                                             f"got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _no_unknown(unknown: list[str]) -> None:

@@ -221,3 +221,8 @@ def parameter_report(modules: dict[str, torch.nn.Module]) -> dict[str, tuple[int
     """name -> (trainable parameters, all parameters)."""
     return {name: (sum(p.numel() for p in m.parameters() if p.requires_grad), sum(p.numel() for p in m.parameters()))
             for name, m in modules.items()}
+
+
+def state_bytes(modules) -> int:
+    """Bytes the modules' weights take on disk (safetensors stores them as they are in memory)."""
+    return sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())

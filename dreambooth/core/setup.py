@@ -30,7 +30,7 @@ from ..superres.class_pairs import plan_sr_class_pairs, step_a_class_images
 from . import identifier as ident
 from .model_folder import check_resolution, resolution_multiple
 from .models import (Model, encode_text, is_super_resolution, load_model, make_predictor, parameter_report,
-                     tokenize)
+                     state_bytes, tokenize)
 from .plan import Plan
 from .preflight import preflight
 from .publish import finish_interrupted_export
@@ -143,8 +143,8 @@ def setup_run(job: TrainJob) -> Run:
     text = _text_conditioning(model, trainable.get("text_encoder", model.text_encoder), instance_prompt,
                               class_prompt if class_job else None, t)
 
-    max_steps = t.max_train_steps if t.max_train_steps is not None else -(-t.num_train_epochs * len(views) // (t.train_batch_size *
-                                                                            t.gradient_accumulation_steps))
+    max_steps = t.max_train_steps if t.max_train_steps is not None else \
+        -(-t.num_train_epochs * len(views) // (t.train_batch_size * t.gradient_accumulation_steps))
     lrs, optimizer, lr_scheduler = make_optimizer(job, trainable, lrs, max_steps, accelerator)
     notes = photos.notes + photo_notes(photos.photos, model.resolution) + (class_job.notes if class_job else [])
     plan = Plan.build(job, model=model, device=str(accelerator.device), n_photos=len(photos.photos),
@@ -322,10 +322,8 @@ def _check_bitsandbytes() -> None:
 def require_room_for_outputs(model: Model, output_dir: Path, text_encoder: bool) -> None:
     """Before any heavy work: room for a checkpoint (trained weights and AdamW's two moments) and
     for the exported pipeline, which is written beside any earlier one before it replaces it."""
-    def nbytes(module) -> int:
-        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    trained = nbytes(model.unet) + (nbytes(model.text_encoder) if text_encoder else 0)
-    pipeline = sum(nbytes(m) for m in model.pipe.components.values() if isinstance(m, torch.nn.Module))
+    trained = state_bytes([model.unet] + ([model.text_encoder] if text_encoder else []))
+    pipeline = state_bytes([m for m in model.pipe.components.values() if isinstance(m, torch.nn.Module)])
     files.require_free_space([(output_dir, 3 * trained, "a checkpoint"), (output_dir, pipeline, "the pipeline")])
 
 

@@ -22,6 +22,7 @@ from . import events
 from .identifier import fill_identifier
 from .interrupt import Interrupted, StopSignals, resume_command
 from .losses import LossParts, add_noise, dreambooth_loss, min_snr_weights, noise_target, per_sample_mse, sample_noise
+from .models import state_bytes
 from .publish import publish
 from .sample import generate, make_grid, sampler
 from .setup import Run, setup_run, write_run_files
@@ -185,8 +186,7 @@ def export(run: Run) -> Path:
     describe it, swapped in atomically over an earlier export (publish.py)."""
     for m in run.trainable.values():
         m.eval()
-    modules = [m for m in run.model.pipe.components.values() if isinstance(m, torch.nn.Module)]
-    size = sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())
+    size = state_bytes([m for m in run.model.pipe.components.values() if isinstance(m, torch.nn.Module)])
 
     def write(folder: Path) -> None:
         run.model.pipe.save_pretrained(folder, safe_serialization=True)

@@ -72,8 +72,10 @@ def plan_class_images(model_source: str, prompt: str, folder: str | None, wanted
         job.notes.append(f"{len(intake.skipped)} unusable file(s) in the class image folder {path}: {listed}; "
                          f"{'they are' if len(intake.skipped) > 1 else 'it is'} not used, and new class images are "
                          "generated in their place (this tool's own broken ones were deleted).")
-    _, note = read_manifest(path, key, prompt, sampler)
-    job.notes += [note] if note else []
+    manifest, note = read_manifest(path, key, prompt, sampler)
+    # another recipe's images matter when new ones are drawn beside them (step (b) reads step (a)'s as they are)
+    if note and (job.missing or manifest.get("key") == key):
+        job.notes.append(note)
     return job
 
 

@@ -159,7 +159,8 @@ def load_clip(source: str, device: str = "cpu") -> ClipEncoder:
 
     folder = Path(source).expanduser()
     is_world = folder.is_dir() and is_world_encoder(folder)
-    load = world.load_world_clip if is_world else (lambda s: CLIPModel.from_pretrained(s, dtype=torch.float32).eval())
+    load = world.load_world_clip if is_world else (lambda s: CLIPModel.from_pretrained(s, dtype=torch.float32,
+                                                                                   use_safetensors=True).eval())
     model = _load("CLIP", source, load).to(device)
     tokenizer = _load("CLIP tokenizer", source, _clip_tokenizer)
 
@@ -184,7 +185,7 @@ def load_dino(source: str, device: str = "cpu") -> ImageEncoder:
         model = _load("DINO", source, world.load_instance_encoder).to(device)
         return ImageEncoder(source, ImagePrep(world.SIZE, (0.5,) * 3, (0.5,) * 3, world=True),
                             lambda x: world.instance_embeds(model, x), device)
-    vit = _load("DINO", source, lambda s: ViTModel.from_pretrained(s, dtype=torch.float32,
+    vit = _load("DINO", source, lambda s: ViTModel.from_pretrained(s, dtype=torch.float32, use_safetensors=True,
                                                                      add_pooling_layer=False).eval()).to(device)
     prep = _prep_from_folder(folder, vit.config.image_size, IMAGENET_MEAN, IMAGENET_STD)
     return ImageEncoder(source, prep, lambda x: vit(pixel_values=x).last_hidden_state[:, 0], device)

@@ -1,0 +1,53 @@
+"""Class images a killed or careless run left broken: named, redrawn with their own seed, and a torn
+or foreign manifest rebuilt from what is on disk, each with a note in the plan."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from dreambooth.cli import main
+from dreambooth.data.class_images import MANIFEST, read_manifest
+
+
+def test_broken_class_images_and_a_torn_manifest_are_repaired_with_notes(tiny_sd, photos, tmp_path, capsys):
+    class_dir = tmp_path / "class"
+    argv = ["train", f"--model={tiny_sd}", f"--instance-data-dir={photos}", "--class-name=dog",
+            "--with-prior-preservation", "--num-class-images=3", f"--class-data-dir={class_dir}",
+            "--max-train-steps=1", "--class_inference_steps=2", "--report_to=none"]
+    assert main(argv + [f"--output-dir={tmp_path / 'a'}"]) == 0
+    original = (class_dir / "class_00001.png").read_bytes()
+
+    # what a kill -9 in an older version, or a bad copy, leaves behind
+    (class_dir / "class_00001.png").write_bytes(original[: len(original) // 2])        # truncated
+    (class_dir / MANIFEST).write_text('{"key": "3f2a", "images": {"class_00000.png": 12')  # torn
+    (class_dir / "holiday.jpg").write_bytes(b"not a jpeg")                              # the user's own file
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (class_dir / f".class_00002.png.{dead.pid}.tmp").write_bytes(b"half")             # a killed write
+    capsys.readouterr()
+
+    assert main(argv + [f"--output-dir={tmp_path / 'b'}"]) == 0
+    out = capsys.readouterr().out
+    assert "2 found, 1 to generate" in out
+    assert "class_00001.png (truncated or corrupt" in out and "holiday.jpg (not an image)" in out
+    assert "manifest" in out and "was unreadable" in out and "rebuilt it from" not in out
+    assert (class_dir / "class_00001.png").read_bytes() == original      # redrawn with its own seed
+    assert (class_dir / "holiday.jpg").exists()                          # the user's file is never deleted
+    assert not list(class_dir.glob(".*.tmp"))
+    manifest = json.loads((class_dir / MANIFEST).read_text())
+    assert sorted(manifest["images"]) == ["class_00000.png", "class_00001.png", "class_00002.png"]
+    plan = json.loads((tmp_path / "b" / "plan.json").read_text())
+    assert any("holiday.jpg" in n for n in plan["notes"]) and any("manifest" in n for n in plan["notes"])
+    assert plan["class_views"] == 3
+
+
+def test_foreign_manifests(tmp_path):
+    (tmp_path / "class_00000.png").write_bytes(b"")
+    (tmp_path / MANIFEST).write_text('["not", "ours"]')
+    manifest, note = read_manifest(tmp_path, "k1", "a photo of dog", "DDPM")
+    assert manifest["images"] == {"class_00000.png": None} and "rebuilt from the 1 class images" in note
+    assert json.loads((tmp_path / MANIFEST).read_text())["key"] == "k1"     # saved, whole
+    manifest, note = read_manifest(tmp_path, "k2", "a photo of cat", "DDPM")
+    assert "generated for another model, prompt, resolution or sampler (prompt 'a photo of dog')" in note
