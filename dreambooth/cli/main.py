@@ -69,6 +69,18 @@ def cmd_world(ns: argparse.Namespace, unknown: list[str]) -> None:
         print(f"wrote the ideal render of {ns.prompt!r} for {ns.subject} to {ns.out}")
 
 
+def cmd_ui(ns: argparse.Namespace, unknown: list[str]) -> None:
+    _no_unknown(unknown)
+    try:
+        from ..ui.app import serve
+    except ImportError as e:
+        raise DreamboothError(f"`dreambooth ui` needs gradio ({e}). Install it with `pip install -e .` from the "
+                              "project folder (gradio is one of its dependencies).") from None
+    if ns.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: --host {ns.host} lets other machines open the UI; it has no login.", file=sys.stderr)
+    serve(Path(ns.work_dir), host=ns.host, port=ns.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreambooth", description="Personalize text-to-image diffusion models "
                                      "from a few photos (DreamBooth, Ruiz et al. 2023).")
@@ -153,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     gates.add_argument("--sr-noise-level", "--sr_noise_level", dest="sr_noise_level", type=int, default=0,
                        help="noise-augmentation level of the SR model's low-res input")
     world.set_defaults(func=cmd_world)
+    ui = sub.add_parser("ui", help="the web UI: photos, settings, training with live progress, results")
+    ui.add_argument("--work-dir", "--work_dir", dest="work_dir", default="dreambooth-ui",
+                    help="folder that keeps every run (photos, settings, model, log); default ./dreambooth-ui")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.set_defaults(func=cmd_ui)
     from ..eval.cli import add_eval_parser   # light: heavy imports wait for cmd_eval
     add_eval_parser(sub)
     return parser
