@@ -167,7 +167,15 @@ def build(work_dir: Path, queue: JobQueue):
                         outputs=[current, train_msg, *train_outputs, run_pick, runs_table])
         stop_btn.click(h.stop, inputs=current, outputs=train_msg)
         resume_btn.click(h.resume, inputs=current, outputs=train_msg)
-        timer.tick(train_out, inputs=current, outputs=train_outputs, show_progress="hidden")
+        shown_previews = gr.State([])
+
+        def on_tick(name, shown):
+            # a gallery sent again every second blinks: send the previews only when a new one was written
+            out = train_out(name)
+            changed = out[5] != shown
+            return (*out[:5], out[5] if changed else gr.skip(), *out[6:], out[5])
+        timer.tick(on_tick, inputs=[current, shown_previews], outputs=[*train_outputs, shown_previews],
+                   show_progress="hidden")
 
         render_btn.click(h.render, inputs=[current, prompts, n_images, steps], outputs=[gallery, results_msg])
         download_btn.click(h.downloads, inputs=current, outputs=[download_files, results_msg])
