@@ -138,9 +138,10 @@ def test_refusals_come_before_the_heavy_imports(tmp_path):
             "refusal = time.perf_counter() - t; "
             "heavy = [m for m in ('torch', 'diffusers', 'accelerate', 'numpy') if m in sys.modules]; "
             "t = time.perf_counter(); import torch; "
-            "print(rc, heavy, refusal, time.perf_counter() - t)")
+            "print('RESULT', rc, heavy, refusal, time.perf_counter() - t)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
-    rc, heavy, refusal, imports = proc.stdout.replace("[]", "none").split()
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))   # the CLI may print too
+    rc, heavy, refusal, imports = line.replace("[]", "none").split()[1:]
     assert rc == "2" and heavy == "none" and "does not exist" in proc.stderr
 
 

@@ -11,12 +11,18 @@ from ..errors import DreamboothError
 from .flags import add_config_flags, job_from_args
 
 
+def _quiet() -> None:
+    from ..quiet import quiet_libraries   # imports diffusers: only once a command is about to need it
+    quiet_libraries()
+
+
 def cmd_train(ns: argparse.Namespace, unknown: list[str]) -> None:
     job, notes = job_from_args(ns, unknown)
     from ..core.preflight import preflight
     preflight(job)               # ranges, paths, the model folder: answered before the heavy imports
     for note in notes:
         print(note)
+    _quiet()
     from ..core import cascade   # heavy imports only once the flags are known to be fine
     (cascade.train_sr if ns.command == "train-sr" else cascade.train_all)(job)
 
@@ -199,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     record_command(argv)         # for the exact resume command printed if a run is stopped
     ns, unknown = build_parser().parse_known_args(argv)
     try:
-        if ns.func is not cmd_world or ns.world_command not in ("subjects", "photos", "ideal"):
-            from ..quiet import quiet_libraries   # imports diffusers: not for the instant commands
-            quiet_libraries()
+        if ns.func is not cmd_train and (ns.func is not cmd_world or ns.world_command not in ("subjects", "photos",
+                                                                                          "ideal")):
+            _quiet()                 # train quiets itself after its cheap checks
         ns.func(ns, unknown)
     except DreamboothError as e:
         print(f"error: {e}", file=sys.stderr)
