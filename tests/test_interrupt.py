@@ -21,9 +21,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+# The runs done here in-process use one thread, as the child processes do (OMP_NUM_THREADS=1): with
+# another thread count the float reductions differ in the last bits, and a resumed run's weights would
+# be compared with a run computed another way.
+from test_eval_cli import one_thread  # noqa: F401,E402  (autouse)
+
 from dreambooth.cli import main
 from dreambooth.core import interrupt
 from dreambooth.core.interrupt import Interrupted, StopSignals, record_command, resume_command
+
+
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--class_inference_steps=2", "--validation_inference_steps=2", "--report_to=none"]

@@ -11,12 +11,18 @@ from ..errors import DreamboothError
 from .flags import add_config_flags, job_from_args
 
 
+def _quiet() -> None:
+    from ..quiet import quiet_libraries   # imports diffusers: only once a command is about to need it
+    quiet_libraries()
+
+
 def cmd_train(ns: argparse.Namespace, unknown: list[str]) -> None:
     job, notes = job_from_args(ns, unknown)
     from ..core.preflight import preflight
     preflight(job)               # ranges, paths, the model folder: answered before the heavy imports
     for note in notes:
         print(note)
+    _quiet()
     from ..core import cascade   # heavy imports only once the flags are known to be fine
     (cascade.train_sr if ns.command == "train-sr" else cascade.train_all)(job)
 
@@ -68,6 +74,18 @@ def cmd_world(ns: argparse.Namespace, unknown: list[str]) -> None:
         images = [Image.fromarray(render(w.ideal_scene(subject, ns.prompt, seed=ns.seed + i))) for i in range(ns.n)]
         make_grid(images, cols=ns.n).save(ns.out)
         print(f"wrote the ideal render of {ns.prompt!r} for {ns.subject} to {ns.out}")
+
+
+def cmd_ui(ns: argparse.Namespace, unknown: list[str]) -> None:
+    _no_unknown(unknown)
+    try:
+        from ..ui.app import serve
+    except ImportError as e:
+        raise DreamboothError(f"`dreambooth ui` needs gradio ({e}). Install it with `pip install -e .` from the "
+                              "project folder (gradio is one of its dependencies).") from None
+    if ns.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: --host {ns.host} lets other machines open the UI; it has no login.", file=sys.stderr)
+    serve(Path(ns.work_dir), host=ns.host, port=ns.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     gates.add_argument("--sr-noise-level", "--sr_noise_level", dest="sr_noise_level", type=int, default=0,
                        help="noise-augmentation level of the SR model's low-res input")
     world.set_defaults(func=cmd_world)
+    ui = sub.add_parser("ui", help="the web UI: photos, settings, training with live progress, results")
+    ui.add_argument("--work-dir", "--work_dir", dest="work_dir", default="dreambooth-ui",
+                    help="folder that keeps every run (photos, settings, model, log); default ./dreambooth-ui")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.set_defaults(func=cmd_ui)
     from ..eval.cli import add_eval_parser   # light: heavy imports wait for cmd_eval
     add_eval_parser(sub)
     return parser
@@ -191,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     record_command(argv)         # for the exact resume command printed if a run is stopped
     ns, unknown = build_parser().parse_known_args(argv)
     try:
-        if ns.func is not cmd_world or ns.world_command not in ("subjects", "photos", "ideal"):
-            from ..quiet import quiet_libraries   # imports diffusers: not for the instant commands
-            quiet_libraries()
+        if ns.func is not cmd_train and (ns.func is not cmd_world or ns.world_command not in ("subjects", "photos",
+                                                                                          "ideal")):
+            _quiet()                 # train quiets itself after its cheap checks
         ns.func(ns, unknown)
     except DreamboothError as e:
         print(f"error: {e}", file=sys.stderr)

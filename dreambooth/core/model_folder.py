@@ -114,3 +114,14 @@ def check_resolution(resolution: int | None, multiple: int | None, source: str) 
     raise DreamboothError(f"--resolution {resolution} does not fit the model {source}: its images must be a multiple "
                           f"of {multiple} px (its VAE and UNet halve the size step by step). Use --resolution "
                           f"{sizes}, or leave --resolution out for the model's own size.")
+
+
+def native_resolution(folder: Path) -> int | None:
+    """The image size a local pipeline folder trains at by default, from its configs (None if unknown)."""
+    unet = Path(folder) / "unet" / "config.json"
+    if not unet.exists():
+        return None
+    size = json.loads(unet.read_text()).get("sample_size")
+    vae = Path(folder) / "vae" / "config.json"
+    scale = 2 ** (len(json.loads(vae.read_text())["block_out_channels"]) - 1) if vae.exists() else 1
+    return int(size if isinstance(size, int) else size[0]) * scale if size else None

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..config import TrainJob
 from ..errors import DreamboothError
 from . import checkpoint as ckpt
+from . import events
 from .identifier import fill_identifier
 from .interrupt import Interrupted, StopSignals, resume_command
 from .losses import LossParts, add_noise, dreambooth_loss, min_snr_weights, noise_target, per_sample_mse, sample_noise
@@ -50,6 +51,8 @@ def _train(job: TrainJob, stop: StopSignals) -> Path:
         write_run_files(run, run.output_dir)
     with stop.steps():
         acc.print(run.plan.render())
+        events.emit("plan", output_dir=str(run.output_dir), text=run.plan.render(), identifier=run.identifier,
+                    start_step=run.start_step, max_steps=run.max_steps)
         if run.start_step >= run.max_steps:
             acc.print(f"Nothing left to train: the checkpoint is at step {run.start_step} and max_train_steps is "
                       f"{run.max_steps}. Raise --max_train_steps to train further.")
@@ -116,6 +119,7 @@ def loop(run: Run, stop: StopSignals | None = None) -> None:
             logs["loss_prior"] = parts.prior.item()
         acc.log(logs, step=done)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2g}")
+        events.emit("step", output_dir=str(run.output_dir), step=done, max_steps=run.max_steps, **logs)
         scheduled = done % job.checkpoint.checkpointing_steps == 0 or done == run.max_steps
         minutes = job.checkpoint.checkpointing_minutes
         signum, overdue = _agree(acc, stop.requested if stop else None,
@@ -169,6 +173,7 @@ def validate(run: Run, step: int) -> Path:
     path = folder / f"step-{step:06d}.png"
     grid = make_grid(images)
     grid.save(path)
+    events.emit("validation", output_dir=str(run.output_dir), step=step, path=str(path))
     for tracker in run.accelerator.trackers:
         if tracker.name == "tensorboard":
             import numpy as np
@@ -193,6 +198,7 @@ def export(run: Run) -> Path:
         if last else ".")
     what = "the LoRA adapter" if run.job.adapter.lora else "the fine-tuned pipeline"
     publish(run.output_dir, write, output_bytes(run), what, kept)
+    events.emit("exported", output_dir=str(run.output_dir))
     run.accelerator.print(f"Saved {said[0]} to {run.output_dir} "
                           f"(identifier {run.identifier!r}: try the prompt "
                           f"{run.instance_prompt + ' on the beach'!r})")

@@ -197,7 +197,10 @@ def _subject_worker(cfg: SuiteConfig, name: str) -> dict:
     """One subject in a process of its own: one thread (two one-thread processes beat one two-thread
     process on a 2-core CPU, as in world pretraining), messages prefixed with the subject."""
     import torch
+
+    from ..quiet import quiet_libraries
     torch.set_num_threads(1)
+    quiet_libraries()                     # a spawned process starts with the libraries' defaults
     encoders = resolve_encoders(str(cfg.world_dir / "clip"), str(cfg.world_dir / "instance"))
     return run_subject(cfg, get_subject(name), encoders, lambda msg: print(f"[{name}] {msg}", flush=True))
 

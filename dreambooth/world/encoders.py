@@ -48,8 +48,11 @@ def clip_image_features(model: WorldCLIP, images: torch.Tensor) -> torch.Tensor:
     return F.normalize(model.get_image_features(images), dim=-1)
 
 
-def clip_text_features(model: WorldCLIP, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    return F.normalize(model.get_text_features(input_ids, attention_mask), dim=-1)
+def clip_text_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """micro-CLIP or a transformers CLIPModel (`dreambooth eval` reads any CLIP's text through here;
+    transformers' get_text_features returns an output object whose pooler_output is the projection)."""
+    out = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+    return F.normalize(getattr(out, "pooler_output", out), dim=-1)
 
 
 def instance_features(model: ViTModel, images: torch.Tensor) -> torch.Tensor:

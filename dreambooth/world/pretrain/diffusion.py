@@ -21,6 +21,7 @@ GroupNorm with several channels per group, and 'trailing' timestep spacing when 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -166,8 +167,13 @@ def train_diffusion(run: DiffusionRun, out_dir: Path, tokenizer_dir: Path, text_
         if (step + 1) % run.checkpoint_every == 0 or step + 1 == run.steps:
             ckpt.save_checkpoint(work, step + 1, {"unet": unet}, optimizer, lr_sched, limit=2)
 
-    _save_pipeline(run, unet.eval(), tokenizer, text_encoder, final)
-    (final / "pretrain.json").write_text(json.dumps(asdict(run), indent=1))
+    # written beside and renamed in: `final` exists only complete (its model_index.json marks it done)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _save_pipeline(run, unet.eval(), tokenizer, text_encoder, tmp)
+    (tmp / "pretrain.json").write_text(json.dumps(asdict(run), indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
     return final
 
 

@@ -1,0 +1,60 @@
+"""What the page's buttons do, without a browser: messages shown for bad input (the CLI's own),
+a second submit told its queue position, photos from a micro-world subject, config load/save."""
+
+from __future__ import annotations
+
+import sys
+
+from dreambooth.ui import form
+from dreambooth.ui.handlers import Handlers
+from dreambooth.ui.jobs import JobQueue
+
+
+def sleeper(run, resume):
+    code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); time.sleep(60)"
+    return [sys.executable, "-c", code]
+
+
+def settings(**changes):
+    values = form.job_to_form(form.default_job())
+    values.update(changes)
+    return values
+
+
+def test_buttons_report_problems_and_queue_positions(tmp_path):
+    queue = JobQueue(tmp_path, command=sleeper)
+    h = Handlers(tmp_path, queue)
+    name, message = h.train("", settings(class_name="star"))
+    assert message == "**Error:** Add photos first (Photos tab)."
+
+    name, problem = h.use_subject("", "striped_star")
+    assert problem == ""
+    message, rows, crops = h.photo_view(name, settings())
+    assert message.startswith("5 photos used, 0 skipped; the model sees 32 px crops")
+    assert len(rows) == 5 and len(crops) == 5 * 4 and crops[0][0].size == (128, 128)   # 4 random crops each
+
+    _, message = h.train(name, settings(class_name="star", learning_rate="-1"))
+    assert message.startswith("**Error:** Settings: 'learning_rate' must be a finite number > 0")
+    _, message = h.train(name, settings(class_name="star", pretrained_model_name_or_path=str(tmp_path / "nope")))
+    assert "--model" in message and "neither a folder here" in message      # preflight's message, as in the CLI
+    first, message = h.train(name, settings(class_name="star"))
+    assert first == name and message == "Training started."
+
+    other, _ = h.use_subject("", "disc_star")
+    assert other != name
+    _, message = h.train(other, settings(class_name="star"))
+    assert message == "Queued: 1 job ahead of it. It starts by itself."
+    assert h.train_view(other)["status"].startswith("**queued** Queued: 1 job ahead")
+    assert h.initial_run() == name    # a reopened page shows the training run
+    queue.close()
+
+
+def test_config_load_and_save(tmp_path):
+    h = Handlers(tmp_path, JobQueue(tmp_path, command=sleeper))
+    path, message = h.save_config("", settings(class_name="star", max_train_steps="12"))
+    values, note = h.load_config(path)
+    assert values == settings(class_name="star", max_train_steps="12") and "not used" in note
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 1e-4\nlearning_rate: 2e-4\n")
+    values, message = h.load_config(str(bad))
+    assert values is None and "line 2: 'learning_rate' is set twice" in message
