@@ -223,9 +223,10 @@ class OutputConfig:
     report_to: str = opt("tensorboard", "Logger: 'tensorboard' or 'none'.", choices=("tensorboard", "none"))
     output_kohya_format: bool = opt(False, "LoRA runs: also write pytorch_lora_weights_kohya.safetensors, the kohya "
                                            "key layout A1111 and ComfyUI read (Stable Diffusion and SDXL).")
-    output_single_file: bool = opt(False, "Full fine-tunes of Stable Diffusion 1.x/SDXL: also write model.safetensors, "
-                                          "one file in the original SD / SDXL key layout (what A1111 and ComfyUI "
-                                          "load as a checkpoint).")
+    output_single_file: bool = opt(False, "Full fine-tunes of Stable Diffusion 1.x/SDXL: also write "
+                                          "OUT/OUT_NAME.safetensors (named after the output folder), one file in "
+                                          "the original SD / SDXL key layout (what A1111 and ComfyUI load as a "
+                                          "checkpoint).")
 
 
 @dataclass
