@@ -49,8 +49,32 @@ def test_main_fields_come_first_and_exist():
     names = [ff.name for ff in form_fields()]
     shown = [n for n in MAIN if n in leaf_fields()]
     assert names[:len(shown)] == shown
-    # 'lora' arrives with the LoRA branch; any other name missing here means MAIN went stale
-    assert set(MAIN) - set(leaf_fields()) <= {"lora"}
+    assert set(MAIN) <= set(leaf_fields())     # a name missing here means MAIN went stale
+
+
+def test_lora_fields_are_in_the_form_and_round_trip():
+    """The LoRA / SDXL / Prodigy / export fields reach the form with the widget their type calls for."""
+    fields = {ff.name: ff for ff in form_fields()}
+    kinds = {"lora": "bool", "use_dora": "bool", "output_kohya_format": "bool", "output_single_file": "bool",
+             "prodigy_decouple": "bool", "rank": "text", "lora_alpha": "text", "lora_dropout": "text",
+             "lora_layers": "text", "optimizer": "text", "prodigy_beta3": "text",
+             "adam_weight_decay_text_encoder": "text", "crops_coords_top_left_h": "text",
+             "pretrained_vae_model_name_or_path": "text", "original_config": "text"}
+    assert {name: fields[name].kind for name in kinds} == kinds
+    assert fields["lora"].main and fields["lora"].section == "adapter"
+    values = job_to_form(default_job())
+    values.update(lora=True, rank="16", lora_alpha="8", use_dora=True, lora_layers="to_q,to_v",
+                  optimizer="prodigy", prodigy_beta3="0.5", learning_rate="1.0")
+    job = form_to_job(values)
+    a = job.adapter
+    assert (a.lora, a.rank, a.lora_alpha, a.use_dora, a.lora_layers) == (True, 16, 8, True, "to_q,to_v")
+    assert (job.optim.optimizer, job.optim.prodigy_beta3) == ("prodigy", 0.5)
+    assert job_to_form(job) == values
+    values["lora_alpha"] = ""                  # unset: alpha = rank
+    assert form_to_job(values).adapter.lora_alpha is None
+    values["rank"] = "0"
+    with pytest.raises(DreamboothError, match="'rank' must be a whole number >= 1"):
+        form_to_job(values)
 
 
 def test_round_trip_of_every_field_through_the_form():

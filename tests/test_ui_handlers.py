@@ -58,3 +58,23 @@ def test_config_load_and_save(tmp_path):
     bad.write_text("learning_rate: 1e-4\nlearning_rate: 2e-4\n")
     values, message = h.load_config(str(bad))
     assert values is None and "line 2: 'learning_rate' is set twice" in message
+
+
+def test_lora_settings_are_checked_when_train_is_pressed(tmp_path):
+    """LoRA's fields come from the config tree like any other; a combination that cannot work is
+    refused by the Train button itself (preflight), not later by the worker."""
+    queue = JobQueue(tmp_path, command=sleeper)
+    h = Handlers(tmp_path, queue)
+    name, _ = h.use_subject("", "striped_star")
+    _, message = h.train(name, settings(class_name="star", rank="8"))
+    assert message.startswith("**Error:** --rank only apply to LoRA training, but --lora is off. Add --lora")
+    _, message = h.train(name, settings(class_name="star", lora=True, use_dora=True, output_kohya_format=True))
+    assert "drops DoRA magnitudes" in message
+    _, message = h.train(name, settings(class_name="star", optimizer="sgd"))
+    assert "choose adamw or prodigy" in message
+    assert queue.position(name) is None and queue.active() is None      # nothing was queued
+    _, message = h.train(name, settings(class_name="star", lora=True, rank="8", use_dora=True))
+    assert message == "Training started."
+    job = form.form_to_job(h.form_values(name))
+    assert job.adapter.lora and job.adapter.rank == 8 and job.adapter.use_dora    # request.yaml as trained
+    queue.close()

@@ -128,13 +128,18 @@ def test_tutorial_identifiers_get_the_warning(capsys, tiny_sd, photos, tmp_path)
     assert "warning: The identifier 'sks' is the one tutorials spread ('sks' is also a rifle" in capsys.readouterr().out
 
 
-def test_refusals_come_before_the_heavy_imports(tmp_path):
-    """A path refusal in a fresh process imports no torch, diffusers, accelerate or numpy, which is what
-    makes it answer in about a second (13 s before this check came first, on this 2-core CPU; a speed
-    figure, so it is not asserted here: the machine's load decides wall times)."""
+@pytest.mark.parametrize("extra, expected", [
+    ([], "does not exist"),
+    (["--rank=8"], "--rank only apply to LoRA training, but --lora is off"),
+    (["--lora", "--use-dora", "--output-kohya-format"], "drops DoRA magnitudes"),
+])
+def test_refusals_come_before_the_heavy_imports(tmp_path, extra, expected):
+    """A path or flag refusal in a fresh process imports no torch, diffusers, accelerate or numpy, which
+    is what makes it answer in about a second (13 s before this check came first, on this 2-core CPU; a
+    speed figure, so it is not asserted here: the machine's load decides wall times)."""
     code = ("import sys, time; t = time.perf_counter(); from dreambooth.cli import main; "
             f"rc = main(['train', '--instance-data-dir={tmp_path / 'nope'}', '--class-name=dog', "
-            f"'--output-dir={tmp_path / 'out'}', '--model={tmp_path / 'nope'}']); "
+            f"'--output-dir={tmp_path / 'out'}', '--model={tmp_path / 'nope'}', *{extra!r}]); "
             "refusal = time.perf_counter() - t; "
             "heavy = [m for m in ('torch', 'diffusers', 'accelerate', 'numpy') if m in sys.modules]; "
             "t = time.perf_counter(); import torch; "
@@ -142,7 +147,7 @@ def test_refusals_come_before_the_heavy_imports(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))   # the CLI may print too
     rc, heavy, refusal, imports = line.replace("[]", "none").split()[1:]
-    assert rc == "2" and heavy == "none" and "does not exist" in proc.stderr
+    assert rc == "2" and heavy == "none" and expected in proc.stderr
 
 
 @pytest.mark.parametrize("flag", [["-n", "0"], ["--steps", "0"], ["--guidance-scale", "nan"], ["--seed", "-1"]])

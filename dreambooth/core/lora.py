@@ -76,24 +76,3 @@ def insert(module: torch.nn.Module, config: LoraConfig) -> None:
         return
     inject_adapter_in_model(config, module, adapter_name="default")
     module.peft_config = {"default": config}
-
-
-def check_adapter_flags(job) -> None:
-    """Flag combinations that cannot work, said before anything loads."""
-    a, o = job.adapter, job.output
-    if not a.lora:
-        given = [f"--{n}" for n, v in (("rank", a.rank != 4), ("lora_alpha", a.lora_alpha), ("use_dora", a.use_dora),
-                                       ("lora_dropout", a.lora_dropout), ("lora_layers", a.lora_layers),
-                                       ("text_encoder_lora_layers", a.text_encoder_lora_layers),
-                                       ("output_kohya_format", o.output_kohya_format)) if v]
-        if given:
-            raise DreamboothError(f"{', '.join(given)} only apply to LoRA training, but --lora is off. Add --lora "
-                                  "(diffusers' train_dreambooth_lora*.py command lines run as `dreambooth train "
-                                  "--lora ...`), or drop them to fine-tune the full weights.")
-        return
-    if o.output_single_file:
-        raise DreamboothError("--output_single_file writes a full checkpoint, but --lora trains an adapter. For a "
-                              "LoRA file that A1111 and ComfyUI load, use --output_kohya_format instead.")
-    if a.rank < 1 or (a.lora_alpha is not None and a.lora_alpha <= 0) or not 0 <= a.lora_dropout < 1:
-        raise DreamboothError(f"LoRA needs --rank >= 1 (got {a.rank}), a positive --lora_alpha (got {a.lora_alpha}) "
-                              f"and --lora_dropout in [0, 1) (got {a.lora_dropout}).")

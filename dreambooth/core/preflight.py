@@ -1,4 +1,5 @@
-"""The checks that need no model and no torch: every setting's range, the paths, the model folder.
+"""The checks that need no model and no torch: every setting's range, flag combinations, the paths,
+the model folder.
 
 The CLI runs them before its heavy imports, so a wrong flag or path is refused in about a second,
 and `setup_run` runs them again for callers of the library. Nothing here writes anything.
@@ -25,6 +26,9 @@ def preflight(job: TrainJob) -> None:
     if t.train_text_encoder and t.pre_compute_text_embeddings:
         raise DreamboothError("--pre_compute_text_embeddings freezes the text encoder's output, so it cannot be "
                               "combined with --train_text_encoder. Drop one of the two.")
+    if job.optim.optimizer.lower() not in ("adamw", "prodigy"):
+        raise DreamboothError(f"--optimizer {job.optim.optimizer!r} is not available; choose adamw or prodigy.")
+    check_adapter_flags(job)
     if not d.instance_data_dir:
         raise DreamboothError("No photos given: pass --instance_data_dir FOLDER with 3-5 photos of the subject.")
     check_image_folder(Path(d.instance_data_dir), "instance")
@@ -44,3 +48,32 @@ def preflight(job: TrainJob) -> None:
             require_safetensors(folder, flag)
             if flag == "--model":
                 check_resolution(d.resolution, folder_resolution_multiple(folder), source)
+
+
+def check_adapter_flags(job: TrainJob) -> None:
+    """LoRA flag combinations that cannot work (the ones that depend on the model come in
+    export/outputs.py once it loads)."""
+    a, o = job.adapter, job.output
+    if not a.lora:
+        given = [f"--{n}" for n, v in (("rank", a.rank != 4), ("lora_alpha", a.lora_alpha), ("use_dora", a.use_dora),
+                                       ("lora_dropout", a.lora_dropout), ("lora_layers", a.lora_layers),
+                                       ("text_encoder_lora_layers", a.text_encoder_lora_layers),
+                                       ("output_kohya_format", o.output_kohya_format)) if v]
+        if given:
+            raise DreamboothError(f"{', '.join(given)} only apply to LoRA training, but --lora is off. Add --lora "
+                                  "(diffusers' train_dreambooth_lora*.py command lines run as `dreambooth train "
+                                  "--lora ...`), or drop them to fine-tune the full weights.")
+        return
+    if o.output_single_file:
+        raise DreamboothError("--output_single_file writes a full checkpoint, but --lora trains an adapter. For a "
+                              "LoRA file that A1111 and ComfyUI load, use --output_kohya_format instead.")
+    if a.use_dora and o.output_kohya_format:
+        raise DreamboothError("--use_dora with --output_kohya_format: diffusers' reader of kohya files drops DoRA "
+                              "magnitudes (dora_scale), so such a file could not be checked here and would load as "
+                              "plain LoRA there. Use the diffusers-layout pytorch_lora_weights.safetensors (diffusers "
+                              "loads its magnitudes), or drop --use_dora for a kohya file.")
+    if a.use_dora and job.train.train_text_encoder:
+        raise DreamboothError("--use_dora with --train_text_encoder cannot be loaded back: with transformers 5.x, "
+                              "diffusers' load_lora_weights drops a text encoder's DoRA magnitudes (it re-creates "
+                              "them from the base weights). Use DoRA on the UNet only (drop --train_text_encoder), "
+                              "or plain LoRA (drop --use_dora) to also train the text encoder.")

@@ -216,11 +216,8 @@ def check_request(job: TrainJob):
         lrs["text_encoder"] = o.text_encoder_lr if o.text_encoder_lr is not None else o.learning_rate
     if o.use_8bit_adam:
         _check_bitsandbytes()
-    if o.optimizer.lower() not in ("adamw", "prodigy"):
-        raise DreamboothError(f"--optimizer {o.optimizer!r} is not available; choose adamw or prodigy.")
     if o.optimizer.lower() == "prodigy":
         _check_prodigy(o)
-    lora.check_adapter_flags(job)
     return photos, lrs
 
 

@@ -34,16 +34,6 @@ def check_outputs(job: TrainJob, model) -> None:
         raise DreamboothError("--lora with --train_text_encoder on a T5 text encoder (DeepFloyd IF) cannot be loaded "
                               "back: diffusers' load_lora_weights reads text-encoder LoRA for CLIP encoders only. "
                               "Drop --train_text_encoder (the UNet's LoRA loads), or fine-tune the full weights.")
-    if a.lora and a.use_dora and o.output_kohya_format:
-        raise DreamboothError("--use_dora with --output_kohya_format: diffusers' reader of kohya files drops DoRA "
-                              "magnitudes (dora_scale), so such a file could not be checked here and would load as "
-                              "plain LoRA there. Use the diffusers-layout pytorch_lora_weights.safetensors (diffusers "
-                              "loads its magnitudes), or drop --use_dora for a kohya file.")
-    if a.lora and a.use_dora and job.train.train_text_encoder:
-        raise DreamboothError("--use_dora with --train_text_encoder cannot be loaded back: with transformers 5.x, "
-                              "diffusers' load_lora_weights drops a text encoder's DoRA magnitudes (it re-creates "
-                              "them from the base weights). Use DoRA on the UNet only (drop --train_text_encoder), "
-                              "or plain LoRA (drop --use_dora) to also train the text encoder.")
 
 
 # an output folder holding one of these holds an export (a pipeline, or a LoRA adapter)
