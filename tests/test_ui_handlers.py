@@ -1,11 +1,18 @@
 """What the page's buttons do, without a browser: messages shown for bad input (the CLI's own),
-a second submit told its queue position, photos from a micro-world subject, config load/save."""
+a second submit told its queue position, photos from a micro-world subject, config load/save, and
+the Results tab of a LoRA run and of a full run with a single-file checkpoint."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import zipfile
+from pathlib import Path
 
-from dreambooth.ui import form
+from safetensors import safe_open
+
+from dreambooth.cli import main
+from dreambooth.ui import form, runs
 from dreambooth.ui.handlers import Handlers
 from dreambooth.ui.jobs import JobQueue
 
@@ -78,3 +85,43 @@ def test_lora_settings_are_checked_when_train_is_pressed(tmp_path):
     job = form.form_to_job(h.form_values(name))
     assert job.adapter.lora and job.adapter.rank == 8 and job.adapter.use_dora    # request.yaml as trained
     queue.close()
+
+
+def test_results_of_a_lora_run_and_of_a_full_run_with_a_single_file(tmp_path, tiny_sd, photos):
+    """Downloads: a LoRA run offers its LoRA in both layouts beside the folder zip; a full run with
+    --output_single_file offers the checkpoint, which the zip leaves out (the pipeline's weights stay in
+    it). A LoRA run, which has no model_index.json, renders a gallery too."""
+    work = tmp_path / "work"
+    h = Handlers(work, JobQueue(work, command=sleeper))
+    lora_run, full_run = runs.new_run(work), runs.new_run(work)
+    common = ["train", f"--model={tiny_sd}", f"--instance-data-dir={photos}", "--class-name=dog",
+              "--max-train-steps=1", "--validation_inference_steps=2", "--report_to=none"]
+    assert main(common + ["--lora", "--output-kohya-format", f"--output-dir={lora_run.model}"]) == 0
+    assert main(common + ["--output-single-file", f"--output-dir={full_run.model}"]) == 0
+
+    files, message = h.downloads(lora_run.name)
+    names = [Path(f).name for f in files]
+    assert names == [f"{lora_run.name}-model.zip", f"{lora_run.name}-pytorch_lora_weights.safetensors",
+                     f"{lora_run.name}-pytorch_lora_weights_kohya.safetensors"], message
+    assert Path(files[1]).read_bytes() == (lora_run.model / "pytorch_lora_weights.safetensors").read_bytes()
+    with zipfile.ZipFile(files[0]) as z:
+        inside = set(z.namelist())
+    assert "model/pytorch_lora_weights.safetensors" in inside and not any("checkpoint-" in n for n in inside)
+
+    files, message = h.downloads(full_run.name)
+    assert [Path(f).name for f in files] == [f"{full_run.name}-model.zip", f"{full_run.name}-model.safetensors"]
+    with safe_open(files[1], "pt") as f:      # the original SD layout, as A1111 and ComfyUI load it
+        assert "model.diffusion_model.input_blocks.0.0.weight" in set(f.keys())
+    with zipfile.ZipFile(files[0]) as z:
+        inside = set(z.namelist())
+    assert {"model/model_index.json", "model/unet/diffusion_pytorch_model.safetensors",
+            "model/text_encoder/model.safetensors"} <= inside and "model/model.safetensors" not in inside
+
+    shown, message = h.render(lora_run.name, "a photo of <id> dog", 1, 2)
+    assert message == "" and len(shown) == 1 and Path(shown[0][0]).is_file()
+    (lora_run.model / "sr").mkdir()           # a cascade's step (b) LoRA has the same file name: kept apart
+    shutil.copy(lora_run.model / "pytorch_lora_weights.safetensors", lora_run.model / "sr")
+    files, _ = h.downloads(lora_run.name)
+    assert Path(files[-1]).name == f"{lora_run.name}-sr-pytorch_lora_weights.safetensors" and len(files) == 4
+    _, message = h.downloads(runs.new_run(work).name)
+    assert message.startswith("**Error:** Run ") and "has no finished model yet" in message

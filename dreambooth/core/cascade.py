@@ -15,10 +15,9 @@ from pathlib import Path
 
 from ..config import TrainJob, load_yaml
 from ..errors import DreamboothError
+from ..export.names import SR_SUBDIR  # noqa: F401 (step (b)'s output inside step (a)'s; re-exported)
 from .models import is_super_resolution, read_model_index
 from .train import train
-
-SR_SUBDIR = "sr"   # step (b)'s output inside step (a)'s; `dreambooth generate` looks for it there
 
 
 def resolve_models(job: TrainJob) -> TrainJob:

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig
-from .cascade import SR_SUBDIR
+from ..export.names import INDEX, SR_SUBDIR, WEIGHTS, has_export
 from .identifier import PLACEHOLDERS, fill_identifier
 from .models import Model, is_super_resolution, load_model
 from .sample import generate, make_grid, sampler
@@ -88,7 +88,7 @@ def open_model(path: str, resolution: int | None = None, lora: str | None = None
 
 def load_lora(pipe, lora: str, scale: float) -> str | None:
     """Load a LoRA folder or file into `pipe` at `scale`; -> the identifier it was trained with, if known."""
-    from ..export.lora import WEIGHTS, read_identifier as file_identifier
+    from ..export.lora import read_identifier as file_identifier
     path = Path(lora)
     file = path / WEIGHTS if path.is_dir() else path
     if not file.is_file():
@@ -107,11 +107,10 @@ def load_lora(pipe, lora: str, scale: float) -> str | None:
 def resolve_ref(path: str, lora: str | None) -> tuple[str, str | None]:
     """A LoRA output folder given as the model stands for (its base model, itself)."""
     folder = Path(path)
-    from ..export.lora import WEIGHTS
     if folder.is_dir():
         from .publish import finish_interrupted_export
         finish_interrupted_export(folder)   # a LoRA export this tool was swapping in when it was killed
-    if lora is None and (folder / WEIGHTS).exists() and not (folder / "model_index.json").exists():
+    if lora is None and (folder / WEIGHTS).exists() and not (folder / INDEX).exists():
         from ..config import load_yaml
         job = load_yaml(folder / "dreambooth.yaml")
         return job.model.pretrained_model_name_or_path, str(folder)
@@ -124,8 +123,7 @@ def find_sr_model(model_path: str, sr_model: str | None) -> str | None:
     if sr_model:
         return sr_model
     candidate = Path(model_path) / SR_SUBDIR
-    from ..export.lora import WEIGHTS
-    return str(candidate) if any((candidate / f).exists() for f in ("model_index.json", WEIGHTS)) else None
+    return str(candidate) if has_export(candidate) else None
 
 
 def fill_prompts(prompts: list[str], identifier: str | None, model_path: str) -> list[str]:

@@ -19,8 +19,8 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-WEIGHTS = "pytorch_lora_weights.safetensors"
-KOHYA = "pytorch_lora_weights_kohya.safetensors"
+from .names import KOHYA, WEIGHTS  # noqa: F401 (the file names; re-exported)
+
 KOHYA_BASE = {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 SPEC_ARCH = {"sd": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
 

@@ -12,6 +12,7 @@ from typing import Callable
 from ..config import TrainJob
 from ..errors import DreamboothError
 from . import lora as lora_files
+from .names import EXPORT_MARKERS, has_export, single_file_name  # noqa: F401 (re-exported)
 
 A1111_FAMILIES = ("sd", "sdxl")
 
@@ -36,17 +37,9 @@ def check_outputs(job: TrainJob, model) -> None:
                               "Drop --train_text_encoder (the UNet's LoRA loads), or fine-tune the full weights.")
 
 
-# an output folder holding one of these holds an export (a pipeline, or a LoRA adapter)
-EXPORT_MARKERS = ("model_index.json", lora_files.WEIGHTS)
-
-
 def saver(job: TrainJob) -> Callable:
     """-> save(run, folder): writes the run's outputs into `folder` and says what it wrote."""
     return save_adapter if job.adapter.lora else save_pipeline
-
-
-def has_export(folder: Path) -> bool:
-    return any((Path(folder) / name).exists() for name in EXPORT_MARKERS)
 
 
 def output_bytes(run) -> int:
@@ -66,7 +59,7 @@ def save_pipeline(run, folder: Path) -> str:
     if not run.job.output.output_single_file:
         return "the fine-tuned pipeline"
     from .single_file import save_single_file
-    path = Path(folder) / f"{Path(run.output_dir).resolve().name}.safetensors"
+    path = Path(folder) / single_file_name(run.output_dir)
     meta = {k: v for k, v in lora_files.describe(run, run.model.family).items() if k.startswith("dreambooth.")
             and k.split(".")[1] in ("identifier", "class_name", "instance_prompt", "base_model")}
     save_single_file(run.model.pipe, run.model.family, path, meta)

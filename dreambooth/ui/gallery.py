@@ -9,7 +9,7 @@ import time
 
 from ..errors import DreamboothError
 from .jobs import child_env, last_words
-from .runs import RunFolder
+from .runs import RunFolder, finished
 
 MAX_PROMPTS, MAX_IMAGES = 8, 8
 
@@ -31,7 +31,7 @@ def render_gallery(run: RunFolder, text: str, n: int, steps: int, seed: int = 0)
         raise DreamboothError("Write at least one prompt, one a line, e.g. 'a photo of <id> star on the beach'.")
     if len(prompts) > MAX_PROMPTS or not 1 <= n <= MAX_IMAGES:
         raise DreamboothError(f"Render at most {MAX_PROMPTS} prompts and 1-{MAX_IMAGES} images each at a time.")
-    if not (run.model / "model_index.json").exists():
+    if not finished(run):
         raise DreamboothError(f"Run {run.name} has no finished model yet: train it to the end (or resume it) first.")
     run.gallery.mkdir(exist_ok=True)
     command, stem = generate_command(run, prompts, int(n), int(steps), int(seed))

@@ -205,7 +205,7 @@ class Handlers:
         if run is None:
             return [], error("Open a finished run first.")
         try:
-            files = [runs.zip_model(run)] + runs.single_files(run)
+            files = [runs.zip_model(run)] + runs.weight_downloads(run)
         except DreamboothError as e:
             return [], error(e)
         return [str(f) for f in files], "Ready: " + ", ".join(f.name for f in files)

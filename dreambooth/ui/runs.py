@@ -2,13 +2,15 @@
 
 WORK/runs/RUN/ holds photos/ (the uploads, renamed safely), request.yaml (the settings trained),
 model/ (the CLI's output folder), log.txt and events.jsonl (what the worker printed and reported),
-status.json (queued / running / done / stopped / failed) and gallery/ (rendered prompts). A run is
-named by the time it was made; names from the browser are checked against the folders that exist.
+status.json (queued / running / done / stopped / failed), gallery/ (rendered prompts) and
+downloads/ (what the Results tab hands out). A run is named by the time it was made; names from the
+browser are checked against the folders that exist.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DreamboothError
+from ..export.names import SR_SUBDIR, has_export, single_file_name, weight_files
 from ..files import write_json
 
 MIN_PHOTOS, MAX_PHOTOS = 3, 20
@@ -124,21 +127,48 @@ def store_subject(run: RunFolder, subject: str, n: int = 5) -> list[Path]:
     return write_photos(get_subject(subject), n, run.photos)
 
 
+def finished(run: RunFolder) -> bool:
+    """Whether the run's model folder holds an export (a pipeline, or a LoRA adapter)."""
+    return has_export(run.model)
+
+
 def zip_model(run: RunFolder) -> Path:
-    """RUN/downloads/RUN-model.zip: the exported pipeline folder without its resumable checkpoints."""
-    if not (run.model / "model_index.json").exists():
+    """RUN/downloads/RUN-model.zip: the exported folder (pipeline or LoRA, with step (b)'s sr/) without
+    its resumable checkpoints, and without the single-file checkpoint, which is offered on its own."""
+    if not finished(run):
         raise DreamboothError(f"Run {run.name} has no finished model yet: train it to the end first.")
     run.downloads.mkdir(exist_ok=True)
     base = run.downloads / f"{run.name}-model"
     staging = run.downloads / "staging"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(run.model, staging / "model", ignore=shutil.ignore_patterns("checkpoint-*", ".*"))
+    single = single_file_name(run.model)
+
+    def skip(folder: str, names: list[str]) -> list[str]:   # the single file by name at the top level only
+        return [n for n in names if n.startswith(("checkpoint-", ".")) or (n == single and Path(folder) == run.model)]
+    shutil.copytree(run.model, staging / "model", ignore=skip)
     made = shutil.make_archive(str(base), "zip", root_dir=staging)
     shutil.rmtree(staging, ignore_errors=True)
     return Path(made)
 
 
-def single_files(run: RunFolder) -> list[Path]:
-    """Single-file outputs a run may have (LoRA weights, an A1111-style checkpoint), for download."""
-    names = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors", "model.safetensors")
-    return [p for folder in (run.model, run.model / "sr") for p in (folder / n for n in names) if p.is_file()]
+def weight_downloads(run: RunFolder) -> list[Path]:
+    """The run's one-file weights (its LoRA in diffusers' and kohya's layouts, or its single-file
+    checkpoint; step (b)'s from model/sr/ too), linked into RUN/downloads/ as RUN-NAME or RUN-sr-NAME,
+    so two files named alike (a cascade's two LoRAs) stay apart in the browser."""
+    run.downloads.mkdir(exist_ok=True)
+    return [_link(path, run.downloads / f"{prefix}-{path.name}")
+            for prefix, folder in ((run.name, run.model), (f"{run.name}-{SR_SUBDIR}", run.model / SR_SUBDIR))
+            for path in weight_files(folder)]
+
+
+def _link(source: Path, target: Path) -> Path:
+    """`target` becomes `source`'s content at once: a hard link (no copy of gigabytes), else a copy,
+    made beside it and renamed in, so a download never sees half a file or an earlier export."""
+    temp = target.with_name(f".{target.name}.part")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:          # a file system without hard links
+        shutil.copyfile(source, temp)
+    os.replace(temp, target)
+    return target
