@@ -125,3 +125,26 @@ def test_results_of_a_lora_run_and_of_a_full_run_with_a_single_file(tmp_path, ti
     assert Path(files[-1]).name == f"{lora_run.name}-sr-pytorch_lora_weights.safetensors" and len(files) == 4
     _, message = h.downloads(runs.new_run(work).name)
     assert message.startswith("**Error:** Run ") and "has no finished model yet" in message
+
+
+def test_gallery_of_a_cascade_shows_each_base_image_then_its_sr_image(tmp_path):
+    """A run whose model has step (b)'s sr/ (the micro world's base -> SR cascade) renders through both
+    stages: each prompt and seed shows the 32 px base image, then the 64 px SR image made from it."""
+    from PIL import Image
+
+    from dreambooth.files import write_json
+    from dreambooth.world.defaults import WORLD_BASE, WORLD_SR
+
+    work = tmp_path / "work"
+    h = Handlers(work, JobQueue(work, command=sleeper))
+    run = runs.new_run(work)
+    shutil.copytree(WORLD_BASE, run.model)
+    shutil.copytree(WORLD_SR, run.model / "sr")
+    write_json(run.model / "identifier.json", {"identifier": "nnx"})
+    shown, message = h.render(run.name, "a photo of <id> star\na red <id> star in the snow", 2, 2)
+    assert message == ""
+    captions = [c for _, c in shown]
+    assert captions == [f"{p} · seed {s} · {stage}" for p in ("a photo of <id> star", "a red <id> star in the snow")
+                        for s in (0, 1) for stage in ("base", "SR")]
+    sizes = [Image.open(path).size for path, _ in shown]
+    assert sizes == [(32, 32), (64, 64)] * 4
