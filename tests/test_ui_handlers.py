@@ -148,3 +148,37 @@ def test_gallery_of_a_cascade_shows_each_base_image_then_its_sr_image(tmp_path):
                         for s in (0, 1) for stage in ("base", "SR")]
     sizes = [Image.open(path).size for path, _ in shown]
     assert sizes == [(32, 32), (64, 64)] * 4
+
+
+def test_progress_shows_class_image_generation_before_step_one(tmp_path, tiny_sd, photos):
+    """Prior preservation can sample for minutes before step 1: the training process reports each class
+    image it writes, and the page's bar counts them instead of saying 'no training step yet'."""
+    import json
+
+    from dreambooth.core import events
+    from dreambooth.ui.progress import bar_html, progress
+
+    seen = []
+
+    def listen(kind, data):
+        seen.append((kind, data))
+
+    events.subscribe(listen)
+    try:
+        assert main(["train", f"--model={tiny_sd}", f"--instance-data-dir={photos}", "--class-name=dog",
+                     "--with-prior-preservation", "--num-class-images=2", "--class-inference-steps=2",
+                     f"--class-data-dir={tmp_path / 'class'}", "--max-train-steps=1", "--validation_inference_steps=2",
+                     "--report_to=none", f"--output-dir={tmp_path / 'out'}"]) == 0
+    finally:
+        events.unsubscribe(listen)
+    counts = [(d["done"], d["total"]) for kind, d in seen if kind == "class_images"]
+    assert counts == [(1, 2), (2, 2)]
+    assert [kind for kind, _ in seen].index("step") > [kind for kind, _ in seen].index("class_images")
+
+    run = runs.new_run(tmp_path / "work")
+    run.events.write_text(json.dumps({"kind": "class_images", "time": 1.0, "done": 1, "total": 2}) + "\n")
+    assert "generating class images for prior preservation: <b>1</b> / 2" in bar_html(progress(run), "running")
+    with run.events.open("a") as f:
+        f.write(json.dumps({"kind": "step", "time": 2.0, "step": 1, "max_steps": 4, "loss": 0.5}) + "\n")
+    shown = bar_html(progress(run), "running")
+    assert "class images" not in shown and "step <b id='db-step'>1</b> / 4" in shown

@@ -108,6 +108,7 @@ def generate_class_images(job: ClassImageJob, pipe, *, seed: int, steps: int, gu
                           batch_size: int, sampler: str, inputs: list | None = None, **pipe_kwargs) -> list[Path]:
     """Write the missing class images into job.folder; returns the new files. `inputs`: the input
     image of image i, for models that need one (a super-resolution model's low-res input)."""
+    from ..core import events
     from ..core.sample import generate
     job.folder.mkdir(parents=True, exist_ok=True)
     manifest_path = job.folder / MANIFEST
@@ -134,6 +135,7 @@ def generate_class_images(job: ClassImageJob, pipe, *, seed: int, steps: int, gu
             files.write_json(manifest_path, manifest)
         written.append(path)
         bar.update(1)
+        events.emit("class_images", folder=str(job.folder), done=len(written), total=len(todo))
     bar.close()
     job.generated = len(written)
     return written

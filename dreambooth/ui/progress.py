@@ -25,6 +25,7 @@ class Progress:
     identifier: str | None = None
     plans: list[str] = field(default_factory=list)
     losses: list[tuple[int, float]] = field(default_factory=list)   # this stage's (step, loss)
+    class_images: tuple[int, int] | None = None   # (generated, to generate) while the prior's samples are drawn
 
     @property
     def eta(self) -> float | None:
@@ -57,7 +58,11 @@ def progress(run: RunFolder) -> Progress:
             p.plans.append(e["text"])
             p.stage, p.identifier = stage_name(e["output_dir"]), e.get("identifier") or p.identifier
             p.step, p.max_steps, p.losses, times = e["start_step"], e["max_steps"], [], []
+            p.class_images = None
+        elif e.get("kind") == "class_images":
+            p.class_images = (e["done"], e["total"])
         elif e.get("kind") == "step":
+            p.class_images = None
             p.step, p.max_steps, p.loss = e["step"], e["max_steps"], e["loss"]
             p.losses.append((e["step"], e["loss"]))
             times.append((e["step"], e["time"]))
@@ -84,6 +89,10 @@ def _clock(seconds: float | None) -> str:
 
 def bar_html(p: Progress, state: str) -> str:
     """The progress bar with step, loss, it/s and ETA (plain HTML: no script, values escaped)."""
+    if p.class_images is not None:   # before step 1 with prior preservation: minutes of sampling
+        done, total = p.class_images
+        return (f"<div id='db-progress'><div>generating class images for prior preservation: <b>{done}</b> / {total}"
+                f" &middot; {html.escape(state)}</div>{_bar(100 * done / max(total, 1))}</div>")
     if not p.max_steps:
         return f"<div id='db-progress'>{html.escape(state)}: no training step yet.</div>"
     pct = 100 * p.step / p.max_steps
@@ -91,8 +100,12 @@ def bar_html(p: Progress, state: str) -> str:
     rate = f"{p.rate:.2f} it/s" if p.rate else "- it/s"
     return (f"<div id='db-progress'><div>{html.escape(p.stage)}: step <b id='db-step'>{p.step}</b> / {p.max_steps}"
             f" &middot; loss <b>{loss}</b> &middot; {rate} &middot; ETA {_clock(p.eta)} &middot; {html.escape(state)}"
-            f"</div><div style='background:#ddd;height:14px;border-radius:7px'><div style='background:#f97316;"
-            f"height:14px;border-radius:7px;width:{pct:.1f}%'></div></div></div>")
+            f"</div>{_bar(pct)}</div>")
+
+
+def _bar(pct: float) -> str:
+    return (f"<div style='background:#ddd;height:14px;border-radius:7px'><div style='background:#f97316;"
+            f"height:14px;border-radius:7px;width:{pct:.1f}%'></div></div>")
 
 
 def curve_svg(points: list[tuple[int, float]], width: int = 480, height: int = 160) -> str:
