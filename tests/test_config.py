@@ -113,8 +113,11 @@ def test_micro_world_preset_applies_only_without_a_model_and_under_every_user_se
     job, notes = parse(["--instance_data_dir", "x", "--class-name", "ball"])
     assert job.optim.learning_rate == PRESET["learning_rate"] != TrainJob().optim.learning_rate
     assert job.prior.with_prior_preservation and any("micro world" in n for n in notes)
-    job, _ = parse(["--instance_data_dir", "x", "--learning-rate", "3e-5"])                 # a flag wins
+    job, notes = parse(["--instance_data_dir", "x", "--learning-rate", "3e-5"])             # a flag wins
     assert job.optim.learning_rate == 3e-5 and job.train.max_train_steps == PRESET["max_train_steps"]
+    note = next(n for n in notes if "micro world" in n)     # the note says what is in effect, not the preset
+    kept, _, changed = note.partition("; yours instead of the preset's: ")
+    assert "'learning_rate'" not in kept and f"'max_train_steps': {PRESET['max_train_steps']}" in kept and changed == "{'learning_rate': 3e-05}."
     cfg = tmp_path / "run.yaml"
     cfg.write_text("max_train_steps: 7\n")
     job, _ = parse(["--config", str(cfg)])                                                   # a config value wins

@@ -102,17 +102,29 @@ def job_from_args(ns: argparse.Namespace, unknown: list[str]) -> tuple[TrainJob,
             raise DreamboothError(f"--{name} is not supported: {UNSUPPORTED[name]}. Remove it and run again.")
         notes.append(f"note: --{name} is ignored: {IGNORED[name]}.")
     job = TrainJob()
+    preset = None
     if not values.get("pretrained_model_name_or_path") and not _config_names_model(values.get("config")):
         from ..world.defaults import apply_preset   # no --model: the micro world's models and their settings
-        notes.append(f"note: no --model: personalizing the micro world's model with its settings {apply_preset(job)} "
-                     "(any flag or config value overrides them).")
+        preset = apply_preset(job)
     if values.get("config"):
         job = load_yaml(values["config"], job)
     fields = leaf_fields()
     for name, value in values.items():
         if name in fields:
             set_field(job, name, value, "command line")
+    if preset is not None:
+        notes.append(preset_note(job, preset))
     return job, notes
+
+
+def preset_note(job: TrainJob, preset: dict) -> str:
+    """Which of the micro world's preset values are in effect, and which a config file or flag replaced."""
+    fields = leaf_fields()
+    final = {name: getattr(getattr(job, fields[name][0]), name) for name in preset}
+    kept = {k: v for k, v in preset.items() if final[k] == v}
+    changed = {k: final[k] for k in preset if final[k] != preset[k]}
+    return (f"note: no --model: personalizing the micro world's model with its settings {kept}"
+            + (f"; yours instead of the preset's: {changed}" if changed else "") + ".")
 
 
 def _config_names_model(path: str | None) -> bool:
