@@ -156,6 +156,6 @@ def test_sr_prior_uses_large_class_images_as_they_are(capsys, tiny_if_sr32, phot
     assert main(["train-sr", f"--model={tiny_if_sr32}", f"--instance-data-dir={photos}", "--class-name=dog",
                  "--with-prior-preservation", f"--class-data-dir={classes}", f"--output-dir={out}"]
                 + FAST + ["--max-train-steps=1"]) == 0
-    assert f"prior preservation ON: 2 found, 0 to generate in {classes}" in capsys.readouterr().out
+    assert f"2 class images in {classes} (2 found, 0 to generate)" in capsys.readouterr().out
     assert read_yaml(out / "dreambooth.yaml")["prior"]["class_data_dir"] == str(classes)
     assert sorted(p.name for p in classes.iterdir()) == ["c0.png", "c1.png"]

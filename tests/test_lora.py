@@ -56,7 +56,7 @@ def test_diffusers_lora_command_verbatim_with_prior(tiny_sd, photos, tmp_path, c
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "note: --validation_epochs is ignored" in printed
-    assert "prior preservation ON: 0 found, 2 to generate" in printed       # class images from the base model
+    assert "(0 found, 2 to generate)" in printed       # class images from the base model
     assert "adapter      LoRA rank 4, alpha 4" in printed
     # the adapter alone: no pipeline folder, no pickles
     assert (out / LORA).exists() and not (out / "model_index.json").exists() and not (out / "unet").exists()

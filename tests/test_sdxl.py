@@ -49,7 +49,7 @@ def test_sdxl_full_dreambooth_with_prior(tiny_sdxl, photos, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["train", f"--model={tiny_sdxl}", f"--instance-data-dir={photos}", "--class-name=dog",
                  "--learning-rate=1e-3", "--max-train-steps=2", f"--output-dir={out}"] + FAST) == 0
-    assert "prior preservation ON: 0 found, 2 to generate" in capsys.readouterr().out
+    assert "(0 found, 2 to generate)" in capsys.readouterr().out
     pipe = DiffusionPipeline.from_pretrained(out)
     assert type(pipe).__name__ == "StableDiffusionXLPipeline"
     unet = "unet/diffusion_pytorch_model.safetensors"

@@ -36,7 +36,7 @@ def test_diffusers_command_verbatim_with_prior_preservation(tiny_sd, photos, tmp
     out, class_dir = tmp_path / "out", tmp_path / "class"
     assert main(diffusers_command(tiny_sd, photos, out, class_dir) + ["--checkpointing_steps=2"]) == 0
     printed = capsys.readouterr().out
-    assert "prior preservation ON: 0 found, 3 to generate" in printed
+    assert "(0 found, 3 to generate)" in printed
 
     # class images generated, as PNGs, with their seeds recorded
     assert sorted(p.name for p in class_dir.glob("*.png")) == [f"class_0000{i}.png" for i in range(3)]
@@ -72,12 +72,12 @@ def test_class_images_are_cached_and_generation_resumes(tiny_sd, photos, tmp_pat
     first = {p.name: p.read_bytes() for p in (tmp_path / "cache").rglob("class_*.png")}
     assert len(first) == 2
     assert main(common + ["--num-class-images=4", f"--output-dir={tmp_path / 'b'}"]) == 0
-    assert "prior preservation ON: 2 found, 2 to generate" in capsys.readouterr().out
+    assert "(2 found, 2 to generate)" in capsys.readouterr().out
     second = {p.name: p.read_bytes() for p in (tmp_path / "cache").rglob("class_*.png")}
     assert len(second) == 4 and all(second[n] == b for n, b in first.items())
     # Same model, prompt, resolution and sampler: the cache is reused, nothing generated.
     assert main(common + ["--num-class-images=4", f"--output-dir={tmp_path / 'c'}"]) == 0
-    assert "prior preservation ON: 4 found, 0 to generate" in capsys.readouterr().out
+    assert "(4 found, 0 to generate)" in capsys.readouterr().out
 
 
 def test_resume_continues_exactly(tiny_sd, photos, tmp_path, capsys):

@@ -3,15 +3,19 @@
 Decided once at setup (open_trainable calls `add_adapters`); the loop then trains whatever has
 requires_grad, not knowing it is an adapter. As diffusers' LoRA scripts do, the frozen base weights
 are stored in the training precision (bf16/fp16 under mixed precision: half the memory) while the
-adapter weights stay fp32, so small updates are not rounded away.
+adapter weights stay fp32, so small updates are not rounded away (`store_base`, after the class
+images, which are drawn with the adapters bypassed and the base as loaded).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from diffusers import ModelMixin
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from ..config import AdapterConfig
 from ..errors import DreamboothError
@@ -50,21 +54,40 @@ def lora_config(a: AdapterConfig, targets: list[str]) -> LoraConfig:
                       init_lora_weights="gaussian", target_modules=targets)
 
 
-def add_adapters(modules: dict[str, torch.nn.Module], a: AdapterConfig, dtype: torch.dtype) -> None:
+def add_adapters(modules: dict[str, torch.nn.Module], a: AdapterConfig) -> None:
     """Insert a LoRA adapter into each module in place (the pipeline keeps sampling through them)."""
     for name, module in modules.items():
         flag = "--lora_layers" if name == "unet" else "--text_encoder_lora_layers"
         spec = a.lora_layers if name == "unet" else a.text_encoder_lora_layers
         targets = unet_targets(module, spec) if name == "unet" else text_targets(module, spec)
-        if dtype != torch.float32:     # (a no-op cast still makes diffusers warn)
-            module.to(dtype)
         try:
             insert(module, lora_config(a, targets))
         except ValueError as e:
             raise DreamboothError(f"LoRA could not be added to the {name}: {str(e).splitlines()[0][:300]} "
                                   f"Name modules it has with {flag} (comma separated, e.g. "
                                   f"{','.join(UNET_TARGETS if name == 'unet' else TEXT_TARGETS['clip'])}).") from None
-        cast_training_params(module, dtype=torch.float32)   # the adapter only: it is all that requires grad
+
+
+def store_base(modules: dict[str, torch.nn.Module], dtype: torch.dtype) -> None:
+    """The frozen base weights of these modules in `dtype`, their adapters (all that requires grad) in fp32."""
+    for module in modules.values():
+        if dtype != torch.float32:     # (a no-op cast still makes diffusers warn)
+            module.to(dtype)
+        cast_training_params(module, dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def bypassed(modules):
+    """The adapters of these modules switched off: each adapted layer returns its base layer's output
+    exactly (peft), so the pipeline samples as the untouched base model. Their grads come back on exit."""
+    layers = [m for module in modules for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def insert(module: torch.nn.Module, config: LoraConfig) -> None:

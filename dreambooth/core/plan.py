@@ -37,8 +37,9 @@ class Plan:
         eff = t.train_batch_size * t.gradient_accumulation_steps * num_processes
         prior = "OFF"
         if class_job is not None:
-            prior = (f"ON: {class_job.wanted} class images ({class_job.found} found, {class_job.generated} generated) "
-                     f"in {class_job.folder}, weight {job.prior.prior_loss_weight}")
+            # counted before any is drawn: the plan is printed before class images are generated
+            prior = (f"ON: {class_job.wanted} class images in {class_job.folder} ({class_job.found} found, "
+                     f"{class_job.missing} to generate), weight {job.prior.prior_loss_weight}")
         return cls(
             model=str(model.source), model_kind=("latent (VAE)" if model.latent else "pixel-space")
             + (f" super-resolution from {model.sr.lowres}px" if model.sr else ""),

@@ -1,14 +1,14 @@
 """Everything a run decides before step 1, in the order a user would check it.
 
-Cheap checks first (paths, photos, flags), then the model, then the expensive one-time work
-(class images, encoding views and prompts). The result is a `Run`: plain tensors and callables,
-so the training loop has no decisions left to make.
+Two halves, so the plan is printed before the slow part: `plan_run` makes the cheap checks (paths,
+photos, flags), loads the model and decides and counts everything (prompts, class images found and
+missing, what trains, steps) into a `Draft` with its `Plan`; `prepare_run` then does the expensive
+one-time work (class images, encoding views and prompts). The result is a `Run`: plain tensors and
+callables, so the training loop has no decisions left to make.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,31 +18,31 @@ import torch
 from PIL import Image
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from diffusers.optimization import get_scheduler
 
 from .. import files
 from ..config import TrainJob
 from ..data.batches import BatchPlan, encode_views, make_views
-from ..data.class_images import generate_class_images, plan_class_images
 from ..data.intake import photo_notes, read_image_folder, to_tensor
 from ..errors import DreamboothError
 from ..export.outputs import check_outputs, saver
-from ..superres.class_pairs import plan_sr_class_pairs, step_a_class_images
+from ..superres.class_pairs import step_a_class_images
 from . import identifier as ident
-from . import lora
+from .class_prior import ClassPlan, draw_class_images, plan_class_prior
 from .model_folder import check_resolution, resolution_multiple
-from .models import Model, is_super_resolution, load_model, make_predictor, parameter_report, state_bytes, time_ids
+from .models import Model, is_super_resolution, load_model, make_predictor, state_bytes, time_ids
 from .plan import Plan
 from .preflight import preflight
 from .publish import finish_interrupted_export
 from .text import conditioning, tower_names
-from .sample import sampler, sampler_name
+from .trainable import (adapter_plan, check_bitsandbytes, check_prodigy, make_optimizer, open_trainable,
+                        ready_trainable, scaled_lrs)
 
 Tensor = torch.Tensor
 
 
 @dataclass
-class Run:
+class Settled:
+    """What a run is, settled when it is planned: shared by its Draft and the Run made from it."""
     job: TrainJob
     accelerator: Accelerator
     model: Model
@@ -50,18 +50,30 @@ class Run:
     identifier: str
     instance_prompt: str
     class_prompt: str | None
+    trainable: dict[str, torch.nn.Module]   # Draft: opened (adapters inserted); Run: in training form, wrapped
+    max_steps: int
+    plan: Plan
+
+
+@dataclass
+class Draft(Settled):
+    """A planned run: decided and counted, nothing slow done yet (class images, encoding)."""
+    views: list[Image.Image]              # the instance views, not yet encoded
+    class_plan: ClassPlan | None          # prior preservation on: the class images found and to generate
+    lrs: dict[str, float]
+
+
+@dataclass
+class Run(Settled):
     instance_x0: Tensor                   # (N_views, C, h, w) encoded instance views, on device
     class_x0: Tensor                      # (M_views, C, h, w) encoded class views (M may be 0)
     extras: Callable[[list[int], list[int], torch.Generator], dict]   # what else the UNet sees (SR: low-res)
     sample_inputs: dict                   # extra pipeline inputs for validation (SR: a low-res photo)
     batches: BatchPlan
     text: Callable[[int, int], object]    # (n_instance, n_class) -> (B, L, D) conditioning (SDXL: + pooled)
-    trainable: dict[str, torch.nn.Module]
     optimizer: torch.optim.Optimizer
     lr_scheduler: object
     start_step: int
-    max_steps: int
-    plan: Plan
     class_data_dir: Path | None = None    # where the class images came from (prior preservation on)
     save: Callable[["Run"], str] | None = None   # the export (a pipeline folder, or LoRA files) -> what it wrote
 
@@ -114,7 +126,11 @@ def resolve_prompts(job: TrainJob, tokenizers: list) -> tuple[str, str, str | No
 
 
 def setup_run(job: TrainJob) -> Run:
-    d, p, t = job.data, job.prior, job.train
+    return prepare_run(plan_run(job))
+
+
+def plan_run(job: TrainJob) -> Draft:
+    d, t = job.data, job.train
     output_dir = Path(job.output.output_dir)
     photos, lrs = check_request(job)                      # cheap checks before anything heavy
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -132,14 +148,40 @@ def setup_run(job: TrainJob) -> Run:
         accelerator.print(f"warning: {w}")
     model.pipe.to(accelerator.device)
     configure_super_resolution(model, job)
-    # Class images first: they are samples of the untouched base model, drawn in eval mode
-    # (a UNet in train mode with gradients enabled sampled ~37% slower here).
-    class_job = prepare_class_images(job, model, class_prompt, accelerator)
-    trainable, params = open_trainable(model, job, accelerator)
+    class_plan = plan_class_prior(job, model, class_prompt, accelerator)
+    trainable, params = open_trainable(model, job)
 
-    # Encode every view once; steps only index into these tensors.
     views, _ = make_views([ph.image for ph in photos.photos], model.resolution, center_crop=d.center_crop,
                           random_flip=d.random_flip, random_views=d.random_crop_views, seed=t.seed)
+    max_steps = t.max_train_steps if t.max_train_steps is not None else \
+        -(-t.num_train_epochs * len(views) // (t.train_batch_size * t.gradient_accumulation_steps))
+    # every text tower trains at the text encoder's rate (SDXL has two)
+    lrs = {n: lrs["text_encoder" if n.startswith("text_encoder") else n] for n in trainable}
+    lrs = scaled_lrs(job, lrs, accelerator.num_processes)
+    class_job = class_plan.images if class_plan else None
+    notes = photos.notes + photo_notes(photos.photos, model.resolution) + (class_job.notes if class_job else [])
+    plan = Plan.build(job, model=model, device=str(accelerator.device), n_photos=len(photos.photos),
+                      n_views=len(views), skipped=photos.skipped, notes=notes, class_job=class_job,
+                      n_class_views=class_plan.n_views(job.prior.num_class_images) if class_plan else 0,
+                      params=params, lrs=lrs, max_steps=max_steps, num_processes=accelerator.num_processes,
+                      identifier=identifier, instance_prompt=instance_prompt,
+                      class_prompt=class_prompt if class_job else None, adapter=adapter_plan(job, trainable))
+    return Draft(job=job, accelerator=accelerator, model=model, output_dir=output_dir, identifier=identifier,
+                 instance_prompt=instance_prompt, class_prompt=class_prompt, views=views, class_plan=class_plan,
+                 trainable=trainable, lrs=lrs, max_steps=max_steps, plan=plan)
+
+
+def prepare_run(draft: Draft) -> Run:
+    job, model, accelerator, views = draft.job, draft.model, draft.accelerator, draft.views
+    d, p, t = job.data, job.prior, job.train
+    class_job = draft.class_plan.images if draft.class_plan else None
+    # Class images first: samples of the untouched base model, drawn in eval mode (a UNet in train
+    # mode with gradients enabled sampled ~37% slower here), before the trained modules change form.
+    if draft.class_plan is not None:
+        draw_class_images(draft.class_plan, job, model, accelerator, draft.trainable)
+    trainable = ready_trainable(model, draft.trainable, job, accelerator)
+
+    # Encode every view once; steps only index into these tensors.
     instance_x0 = encode_views(views, model.encode_images).to(accelerator.device)
     class_x0, cviews = instance_x0[:0], []
     if class_job is not None:
@@ -147,28 +189,16 @@ def setup_run(job: TrainJob) -> Run:
         cviews, _ = make_views([ph.image for ph in class_photos], model.resolution, center_crop=True,
                                random_flip=d.random_flip, random_views=1, seed=t.seed)
         class_x0 = encode_views(cviews, model.encode_images).to(accelerator.device)
+        draft.plan.class_views = len(class_x0)   # as found on disk (the plan counted before drawing)
     extras = _extras(model, job, views, cviews, accelerator.device)
     # SR validation upsamples the first photo's low-res view, as a base model's sample would be upsampled.
     sample_inputs = {} if model.sr is None else {"image": [views[0].resize((model.sr.lowres,) * 2, Image.BOX)]}
-    text = conditioning(model, trainable, instance_prompt, class_prompt if class_job else None, t)
-
-    max_steps = t.max_train_steps if t.max_train_steps is not None else \
-        -(-t.num_train_epochs * len(views) // (t.train_batch_size * t.gradient_accumulation_steps))
-    # every text tower trains at the text encoder's rate (SDXL has two)
-    lrs = {n: lrs["text_encoder" if n.startswith("text_encoder") else n] for n in trainable}
-    lrs, optimizer, lr_scheduler = make_optimizer(job, trainable, lrs, max_steps, accelerator)
-    notes = photos.notes + photo_notes(photos.photos, model.resolution) + (class_job.notes if class_job else [])
-    plan = Plan.build(job, model=model, device=str(accelerator.device), n_photos=len(photos.photos),
-                      n_views=len(views), skipped=photos.skipped, notes=notes, class_job=class_job,
-                      n_class_views=len(class_x0),
-                      params=params, lrs=lrs, max_steps=max_steps, num_processes=accelerator.num_processes,
-                      identifier=identifier, instance_prompt=instance_prompt,
-                      class_prompt=class_prompt if class_job else None, adapter=_adapter_plan(job, trainable))
-    return Run(job=job, accelerator=accelerator, model=model, output_dir=output_dir, identifier=identifier,
-               instance_prompt=instance_prompt, class_prompt=class_prompt, instance_x0=instance_x0,
-               class_x0=class_x0, extras=extras, sample_inputs=sample_inputs, batches=BatchPlan(len(instance_x0), len(class_x0), t.train_batch_size, t.seed),
-               text=text, trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler, start_step=0,
-               max_steps=max_steps, plan=plan, save=saver(job),
+    text = conditioning(model, trainable, draft.instance_prompt, draft.class_prompt if class_job else None, t)
+    optimizer, lr_scheduler = make_optimizer(job, trainable, draft.lrs, draft.max_steps, accelerator)
+    settled = {f.name: getattr(draft, f.name) for f in dataclasses.fields(Settled)} | {"trainable": trainable}
+    return Run(**settled, instance_x0=instance_x0, class_x0=class_x0, extras=extras, sample_inputs=sample_inputs,
+               batches=BatchPlan(len(instance_x0), len(class_x0), t.train_batch_size, t.seed),
+               text=text, optimizer=optimizer, lr_scheduler=lr_scheduler, start_step=0, save=saver(job),
                class_data_dir=None if class_job is None else class_job.source or class_job.folder)
 
 
@@ -215,145 +245,10 @@ def check_request(job: TrainJob):
     if t.train_text_encoder:   # rates are > 0: the config's ranges
         lrs["text_encoder"] = o.text_encoder_lr if o.text_encoder_lr is not None else o.learning_rate
     if o.use_8bit_adam:
-        _check_bitsandbytes()
+        check_bitsandbytes()
     if o.optimizer.lower() == "prodigy":
-        _check_prodigy(o)
+        check_prodigy(o)
     return photos, lrs
-
-
-def open_trainable(model: Model, job: TrainJob, accelerator: Accelerator):
-    """Freeze everything, then open up the UNet (and text encoders): all their weights, or a LoRA
-    adapter in each (--lora). -> (wrapped modules, param report)."""
-    t = job.train
-    for module in model.pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.requires_grad_(False)
-    names = ["unet"] + (tower_names(model.pipe) if t.train_text_encoder else [])
-    trainable = {name: getattr(model.pipe, name) for name in names}
-    if job.adapter.lora:
-        dtype = lora.weight_dtype(accelerator.mixed_precision)
-        if dtype != torch.float32:      # the frozen base (trained towers or not) in training precision
-            for name in tower_names(model.pipe):
-                getattr(model.pipe, name).to(dtype)
-        lora.add_adapters(trainable, job.adapter, dtype)
-    else:
-        for module in trainable.values():
-            module.requires_grad_(True)
-    for module in trainable.values():
-        module.train()
-        if t.gradient_checkpointing:
-            module.enable_gradient_checkpointing() if hasattr(module, "enable_gradient_checkpointing") \
-                else module.gradient_checkpointing_enable()
-    params = parameter_report(trainable)
-    for name, (n_train, _) in params.items():
-        if n_train == 0:
-            raise DreamboothError(f"The {name} was asked to train but has 0 trainable parameters.")
-    # Forward passes go through accelerate's wrappers (DDP under several processes) so gradients sync.
-    trainable = {name: accelerator.prepare_model(m) for name, m in trainable.items()}
-    model.predict = make_predictor(trainable["unet"], model.learned_variance, model.sr, model.added_cond)
-    return trainable, params
-
-
-def _adapter_plan(job: TrainJob, trainable: dict) -> dict | None:
-    """What the plan says about a LoRA adapter: its shape and the size of the file it becomes."""
-    a = job.adapter
-    if not a.lora:
-        return None
-    n = sum(q.numel() for m in trainable.values() for q in m.parameters() if q.requires_grad)
-    return {"rank": a.rank, "alpha": a.lora_alpha or a.rank, "dora": a.use_dora, "dropout": a.lora_dropout,
-            "file_mib": round(n * 4 / 2**20, 2)}   # fp32 tensors; the header adds a few KiB
-
-
-def prepare_class_images(job: TrainJob, model: Model, class_prompt: str | None, accelerator: Accelerator):
-    """Find or generate the class images (the main process generates; the others wait)."""
-    p = job.prior
-    if not p.with_prior_preservation:
-        accelerator.print("prior preservation OFF")
-        if p.class_data_dir:
-            accelerator.print("note: --class_data_dir is unused without --with_prior_preservation.")
-        return None
-    recipe = f"{sampler_name(model.pipe, p.class_scheduler)}/{p.class_inference_steps}steps/cfg{p.class_guidance_scale}"
-    if model.sr is None:   # the base model samples its class images
-        class_job, inputs = plan_class_images(model.source, class_prompt, p.class_data_dir, p.num_class_images,
-                                              model.resolution, recipe), None
-    else:                  # an SR model makes class pairs from step (a)'s class images
-        class_job, inputs = plan_sr_class_pairs(p, model, class_prompt, recipe)
-        accelerator.print(f"class pairs for super-resolution from the {class_job.wanted} class images in "
-                          f"{class_job.source}" + (", upscaled by the untouched SR model" if inputs else ""))
-    accelerator.print(f"prior preservation ON: {class_job.found} found, {class_job.missing} to generate "
-                      f"in {class_job.folder}")
-    for note in class_job.notes:
-        accelerator.print(f"note: {note}")
-    if class_job.missing and accelerator.is_main_process:
-        # a generated PNG holds at most 3 bytes per pixel
-        files.require_free_space([(class_job.folder, class_job.missing * 3 * model.resolution ** 2, "class images")])
-        with _generation_precision(p.prior_generation_precision, accelerator), sampler(model.pipe, p.class_scheduler):
-            generate_class_images(class_job, model.pipe, seed=job.train.seed, steps=p.class_inference_steps,
-                                  guidance_scale=p.class_guidance_scale, batch_size=p.sample_batch_size,
-                                  sampler=recipe, inputs=inputs, **model.sample_kwargs())
-    accelerator.wait_for_everyone()
-    return class_job
-
-
-def make_optimizer(job: TrainJob, trainable: dict, lrs: dict[str, float], max_steps: int, accelerator: Accelerator):
-    """AdamW (or 8-bit AdamW) with one parameter group per module. -> (effective lrs, optimizer, schedule)."""
-    o, t = job.optim, job.train
-    scale = t.train_batch_size * t.gradient_accumulation_steps * accelerator.num_processes if o.scale_lr else 1
-    lrs = {name: lr * scale for name, lr in lrs.items()}
-    te_decay = o.adam_weight_decay if o.adam_weight_decay_text_encoder is None else o.adam_weight_decay_text_encoder
-    groups = [{"params": [q for q in m.parameters() if q.requires_grad], "lr": lrs[n],
-               "weight_decay": o.adam_weight_decay if n == "unet" else te_decay} for n, m in trainable.items()]
-    if o.optimizer.lower() == "prodigy":
-        import prodigyopt
-        optimizer = prodigyopt.Prodigy(groups, betas=(o.adam_beta1, o.adam_beta2), beta3=o.prodigy_beta3,
-                                       weight_decay=o.adam_weight_decay, eps=o.adam_epsilon,
-                                       decouple=o.prodigy_decouple, use_bias_correction=o.prodigy_use_bias_correction,
-                                       safeguard_warmup=o.prodigy_safeguard_warmup)
-    else:
-        optimizer = _adamw_class(o.use_8bit_adam)(groups, betas=(o.adam_beta1, o.adam_beta2),
-                                                  weight_decay=o.adam_weight_decay, eps=o.adam_epsilon)
-    lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps,
-                                 num_training_steps=max_steps, num_cycles=o.lr_num_cycles, power=o.lr_power)
-    return lrs, accelerator.prepare_optimizer(optimizer), lr_scheduler
-
-
-def _generation_precision(precision: str | None, accelerator: Accelerator):
-    """Autocast for class-image sampling: the training precision unless set separately."""
-    if precision is None:
-        return accelerator.autocast()
-    if precision in ("no", "fp32"):
-        return contextlib.nullcontext()
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    return torch.autocast(accelerator.device.type, dtype=dtype)
-
-
-def _adamw_class(eight_bit: bool):
-    if not eight_bit:
-        # The fused kernel (CPU and CUDA): 21 ms vs 75 ms per step on a 24.5M-parameter UNet (benchmarks).
-        return functools.partial(torch.optim.AdamW, fused=True)
-    import bitsandbytes as bnb
-    return bnb.optim.AdamW8bit
-
-
-def _check_prodigy(o) -> None:
-    try:
-        import prodigyopt  # noqa: F401
-    except ImportError:
-        raise DreamboothError("--optimizer prodigy needs the prodigyopt package (`pip install prodigyopt`). Install "
-                              "it, or use --optimizer adamw.") from None
-    if o.learning_rate < 0.1:
-        print(f"warning: Prodigy estimates the step size itself; its authors advise --learning_rate 1.0 (got "
-              f"{o.learning_rate:g}), which then scales that estimate.")
-
-
-def _check_bitsandbytes() -> None:
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise DreamboothError("--use_8bit_adam needs the bitsandbytes package (`pip install bitsandbytes`) and a "
-                              "CUDA GPU. Install it, or drop the flag to use standard AdamW.") from None
-    if not torch.cuda.is_available():
-        raise DreamboothError("--use_8bit_adam needs a CUDA GPU; none is visible. Drop the flag on this machine.")
 
 
 def require_room_for_outputs(model: Model, output_dir: Path, job: TrainJob) -> None:

@@ -1,0 +1,79 @@
+"""A run's class images: counted when the run is planned, drawn once the plan is printed.
+
+Planning only reads the class folder (found, missing, what was repaired), so the plan can say what
+generation will do before the minutes it takes. Drawing samples the untouched base model: adapters
+bypassed, modules in eval mode and not yet in training precision or accelerate's wrappers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from PIL import Image
+
+from .. import files
+from ..config import TrainJob
+from ..data.class_images import ClassImageJob, generate_class_images, plan_class_images
+from ..superres.class_pairs import plan_sr_class_pairs
+from . import lora
+from .models import Model
+from .sample import sampler, sampler_name
+
+
+@dataclass
+class ClassPlan:
+    images: ClassImageJob
+    recipe: str                              # sampler/steps/cfg: part of the cache key and the manifest
+    inputs: list[Image.Image] | None = None  # SR: the low-res input of each image the SR model makes
+
+    def n_views(self, num_class_images: int) -> int:
+        """Class views once the missing images exist: one centre crop per image, the first N images."""
+        return min(self.images.found + self.images.missing, num_class_images)
+
+
+def plan_class_prior(job: TrainJob, model: Model, class_prompt: str | None,
+                     accelerator: Accelerator) -> ClassPlan | None:
+    """Count the class images found and those to generate; generate nothing. None: prior preservation off."""
+    p = job.prior
+    if not p.with_prior_preservation:
+        if p.class_data_dir:
+            accelerator.print("note: --class_data_dir is unused without --with_prior_preservation.")
+        return None
+    recipe = f"{sampler_name(model.pipe, p.class_scheduler)}/{p.class_inference_steps}steps/cfg{p.class_guidance_scale}"
+    if model.sr is None:   # the base model samples its class images
+        return ClassPlan(plan_class_images(model.source, class_prompt, p.class_data_dir, p.num_class_images,
+                                           model.resolution, recipe), recipe)
+    # an SR model makes class pairs from step (a)'s class images
+    images, inputs = plan_sr_class_pairs(p, model, class_prompt, recipe)
+    accelerator.print(f"class pairs for super-resolution from the {images.wanted} class images in "
+                      f"{images.source}" + (", upscaled by the untouched SR model" if inputs else ""))
+    return ClassPlan(images, recipe, inputs)
+
+
+def draw_class_images(plan: ClassPlan, job: TrainJob, model: Model, accelerator: Accelerator,
+                      adapted: dict[str, torch.nn.Module]) -> None:
+    """Generate the missing class images (the main process generates; the others wait). `adapted`:
+    modules that may hold adapters (LoRA runs), bypassed while sampling."""
+    p, c = job.prior, plan.images
+    if c.missing and accelerator.is_main_process:
+        # a generated PNG holds at most 3 bytes per pixel
+        files.require_free_space([(c.folder, c.missing * 3 * model.resolution ** 2, "class images")])
+        with _generation_precision(p.prior_generation_precision, accelerator), \
+                sampler(model.pipe, p.class_scheduler), lora.bypassed(adapted.values()):
+            generate_class_images(c, model.pipe, seed=job.train.seed, steps=p.class_inference_steps,
+                                  guidance_scale=p.class_guidance_scale, batch_size=p.sample_batch_size,
+                                  sampler=plan.recipe, inputs=plan.inputs, **model.sample_kwargs())
+    accelerator.wait_for_everyone()
+
+
+def _generation_precision(precision: str | None, accelerator: Accelerator):
+    """Autocast for class-image sampling: the training precision unless set separately."""
+    if precision is None:
+        return accelerator.autocast()
+    if precision in ("no", "fp32"):
+        return contextlib.nullcontext()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return torch.autocast(accelerator.device.type, dtype=dtype)
