@@ -87,6 +87,11 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path | None:
     return path
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The step a checkpoint continues from, without loading it (the plan reports it first)."""
+    return int(json.loads((folder / "state.json").read_text())["step"])
+
+
 def load_checkpoint(folder: Path, modules: dict, optimizer, lr_scheduler) -> int:
     """Restore everything saved by save_checkpoint; returns the step to continue from."""
     from safetensors.torch import load_file, load_model

@@ -1,4 +1,5 @@
-"""The training plan: what will happen, printed before step 1 and saved beside the outputs."""
+"""The training plan: what will happen, printed before the class images are drawn and step 1, and saved
+beside the outputs."""
 
 from __future__ import annotations
 

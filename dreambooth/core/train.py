@@ -1,5 +1,5 @@
-"""The DreamBooth training loop: setup -> for each step: batch, loss, backward, step, log,
-checkpoint, validate -> export a diffusers pipeline folder (or LoRA files).
+"""The DreamBooth training loop: plan (printed) -> setup -> for each step: batch, loss, backward, step,
+log, checkpoint, validate -> export a diffusers pipeline folder (or LoRA files).
 
 All decisions (model family, precision, text encoder trained or cached, prior on/off) were made
 in setup.py; here a step is the same few calls for every configuration.
@@ -24,7 +24,7 @@ from .interrupt import Interrupted, StopSignals, resume_command
 from .losses import LossParts, add_noise, dreambooth_loss, min_snr_weights, noise_target, per_sample_mse, sample_noise
 from .publish import publish
 from .sample import generate, make_grid, sampler
-from .setup import Run, setup_run, write_run_files
+from .setup import Run, plan_run, prepare_run, write_run_files
 from ..export.outputs import has_export, output_bytes
 from ..data.batches import step_generator
 
@@ -40,19 +40,22 @@ def _train(job: TrainJob, stop: StopSignals) -> Path:
     spec = job.checkpoint.resume_from_checkpoint
     # Look for the checkpoint first: a wrong path should fail before minutes of setup.
     resume_from = ckpt.find_checkpoint(Path(job.output.output_dir), spec) if spec else None
-    run = setup_run(job)
-    acc = run.accelerator
+    draft = plan_run(job)
+    acc = draft.accelerator
     if spec and resume_from is None:
-        acc.print(f"No checkpoint in {run.output_dir} yet; starting from step 0.")
-    elif resume_from is not None:
+        acc.print(f"No checkpoint in {draft.output_dir} yet; starting from step 0.")
+    # The plan before the slow part (class images, encoding): a first run says at once what it will do.
+    start_step = ckpt.checkpoint_step(resume_from) if resume_from is not None else 0
+    acc.print(draft.plan.render())
+    events.emit("plan", output_dir=str(draft.output_dir), text=draft.plan.render(), identifier=draft.identifier,
+                start_step=start_step, max_steps=draft.max_steps)
+    run = prepare_run(draft)
+    if resume_from is not None:
         resume(run, resume_from)
     # The files describing the outputs are swapped in with them (export); an earlier export keeps its own.
     if acc.is_main_process and not has_export(run.output_dir):
         write_run_files(run, run.output_dir)
     with stop.steps():
-        acc.print(run.plan.render())
-        events.emit("plan", output_dir=str(run.output_dir), text=run.plan.render(), identifier=run.identifier,
-                    start_step=run.start_step, max_steps=run.max_steps)
         if run.start_step >= run.max_steps:
             acc.print(f"Nothing left to train: the checkpoint is at step {run.start_step} and max_train_steps is "
                       f"{run.max_steps}. Raise --max_train_steps to train further.")
