@@ -16,6 +16,9 @@ NOISE = (
     # diffusers: IF pipelines declare a T5 text encoder; the micro world's IF-layout pipelines carry
     # its CLIP text encoder on purpose (docs/microworld.md).
     ("diffusers", ("Expected types for text_encoder", "T5EncoderModel", "CLIPTextModel")),
+    # diffusers: a LoRA of the UNet alone (our default: --train_text_encoder off) has no text-encoder
+    # keys by design; loading it says so for every text encoder.
+    ("diffusers", ("No LoRA keys associated to", "found with the prefix=")),
 )
 
 

@@ -267,3 +267,25 @@ def test_sd_upscaler_lora(photos, tmp_path):
         a_or_b = "lora_A" if ".lora.down." in key else "lora_B"
         module = key.split(".lora.")[0]
         torch.testing.assert_close(loaded[f"{module}.{a_or_b}.x.weight"], value)
+
+
+def test_loading_a_unet_only_lora_says_nothing_a_user_cannot_act_on():
+    """diffusers warns, for every text encoder, that a UNet-only LoRA (our default) has no keys for it.
+    The command line drops that one message and keeps every other warning of the same logger."""
+    import io
+    import logging
+
+    import diffusers.utils.logging as dlog
+
+    from dreambooth.quiet import quiet_libraries
+    quiet_libraries()
+    handler = dlog._get_library_root_logger().handlers[0]
+    stream, handler.stream = handler.stream, io.StringIO()
+    try:
+        logger = logging.getLogger("diffusers.loaders.lora_base")
+        logger.warning("No LoRA keys associated to CLIPTextModel found with the prefix='text_encoder'. This is safe")
+        logger.warning("Loading adapter weights from state_dict led to unexpected keys")
+        shown = handler.stream.getvalue()
+    finally:
+        handler.stream = stream
+    assert "No LoRA keys" not in shown and "unexpected keys" in shown
