@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_eval_cli import one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 from dreambooth.cli import main
 from dreambooth.eval.encoders import resolve_encoders, world_dir_of
 from dreambooth.eval.protocol import OBJECT_PROMPTS, Settings, world_prompts
 from dreambooth.eval.run import protocol_templates
+from dreambooth.world.defaults import PRESET
 
 
 def test_world_models_default_to_the_world_encoders(world):
@@ -81,8 +83,11 @@ def test_suite_lora_variant_against_full(world, tmp_path):
     assert main(["eval", "--suite", "microworld", "--world-dir", str(world), "--subjects", "striped_ball",
                  "--variants", "dreambooth", "lora", "--prompts", "1", "--images-per-prompt", "1",
                  "--class-images", "0", "--steps", "1", "--train-steps", "1", "--num-class-images", "1",
-                 "--out", str(out)]) == 0
+                 "--lora-learning-rate", "3e-3", "--out", str(out)]) == 0
     subject = json.loads((out / "metrics.json").read_text())["subjects"]["striped_ball"]
     assert {"dreambooth", "lora"} <= set(subject["figures"]) and "train/lora" in subject["seconds"]
+    rates = {v: yaml.safe_load((out / "striped_ball" / "models" / v / "dreambooth.yaml").read_text())["optim"]
+             ["learning_rate"] for v in ("dreambooth", "lora")}
+    assert rates == {"dreambooth": PRESET["learning_rate"], "lora": 3e-3}     # LoRA trains at its own rate
     assert (out / "striped_ball" / "models" / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert 0 < subject["output_mib"]["lora"] < subject["output_mib"]["dreambooth"] / 10

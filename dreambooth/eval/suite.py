@@ -67,6 +67,7 @@ class SuiteConfig:
     # Training: the micro-world preset's values (world/defaults.py), what `dreambooth train` uses there.
     train_steps: int = PRESET["max_train_steps"]
     learning_rate: float = PRESET["learning_rate"]
+    lora_learning_rate: float | None = None   # the lora variant's rate (None: learning_rate)
     num_class_images: int = PRESET["num_class_images"]
     train_text_encoder: bool = False
     sr_train_steps: int = PRESET["sr_max_train_steps"]      # step (b), at the preset's sr_learning_rate
@@ -113,7 +114,7 @@ def train_job(cfg: SuiteConfig, subject: Subject, photos: Path, variant: Variant
     job.adapter.lora = variant.lora
     job.prior.num_class_images = cfg.num_class_images
     job.prior.class_inference_steps = cfg.settings.steps          # the protocol's sampler for class images too
-    job.optim.learning_rate = cfg.learning_rate
+    job.optim.learning_rate = cfg.lora_learning_rate if variant.lora and cfg.lora_learning_rate else cfg.learning_rate
     job.train.max_train_steps = cfg.train_steps
     job.train.seed = cfg.settings.seed
     job.train.train_text_encoder = cfg.train_text_encoder
