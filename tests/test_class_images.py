@@ -51,3 +51,33 @@ def test_foreign_manifests(tmp_path):
     assert json.loads((tmp_path / MANIFEST).read_text())["key"] == "k1"     # saved, whole
     manifest, note = read_manifest(tmp_path, "k2", "a photo of cat", "DDPM")
     assert "generated for another model, prompt, resolution or sampler (prompt 'a photo of dog')" in note
+
+
+def test_the_cache_follows_the_weights_not_only_the_folder(tiny_sd, photos, tmp_path, capsys, monkeypatch):
+    """A model folder retrained in place (or a new release of the micro world's models) must not be
+    given the old weights' class images from the cache; the same weights are."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("DREAMBOOTH_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd, model)
+    argv = ["train", f"--model={model}", f"--instance-data-dir={photos}", "--class-name=dog",
+            "--with-prior-preservation", "--num-class-images=2", "--max-train-steps=1", "--class_inference_steps=2",
+            "--report_to=none", "--validation_inference_steps=2"]
+
+    def plan_says(out: str) -> str:
+        capsys.readouterr()
+        assert main(argv + [f"--output-dir={tmp_path / out}"]) == 0
+        return capsys.readouterr().out
+
+    assert "(0 found, 2 to generate)" in plan_says("a")
+    assert "(2 found, 0 to generate)" in plan_says("b")
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, weights)                               # the same folder, other weights
+    assert "(0 found, 2 to generate)" in plan_says("c")
+    assert len(list((tmp_path / "cache" / "class_images").iterdir())) == 2

@@ -3,8 +3,8 @@
 Generated only when fewer than `num_class_images` exist, one seed per image (so the set does not
 depend on batch size), saved one PNG at a time with a manifest, and therefore resumable: an
 interrupted run keeps what it wrote and the next run generates only what is missing. Without an
-explicit folder they live in a cache keyed by (model, prompt, resolution, sampler), so every run
-with the same base model and class reuses them.
+explicit folder they live in a cache keyed by (model and its weights, prompt, resolution, sampler), so
+every run with the same base model and class reuses them, and none reuses another model's.
 """
 
 from __future__ import annotations
@@ -47,8 +47,35 @@ def cache_root() -> Path:
 
 def cache_key(model_source: str, prompt: str, resolution: int, sampler: str) -> str:
     src = str(Path(model_source).resolve()) if Path(model_source).exists() else model_source
-    blob = json.dumps([src, prompt, resolution, sampler])
+    blob = json.dumps([src, weights_fingerprint(Path(model_source)), prompt, resolution, sampler])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_SAMPLE = 1 << 20   # bytes read from each end of a weight file
+
+
+def weights_fingerprint(source: Path) -> str:
+    """What the weights at `source` (a pipeline folder or one file) are, cheaply: each weight file's
+    name, size and first and last MiB. A folder whose weights were replaced (retrained in place, a
+    new release of the micro world) must not reuse the class images of the old weights. Hub ids
+    (no local files) -> ''."""
+    if source.is_file():
+        found = [source]
+    elif source.is_dir():
+        found = sorted(p for ext in ("*.safetensors", "*.bin") for p in source.rglob(ext)
+                       if not any(part.startswith("checkpoint-") for part in p.relative_to(source).parts))
+    else:
+        return ""
+    digest = hashlib.sha256()
+    for path in found:
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(source) if source.is_dir() else path.name}:{size}".encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(_SAMPLE))
+            if size > 2 * _SAMPLE:
+                f.seek(size - _SAMPLE)
+                digest.update(f.read(_SAMPLE))
+    return digest.hexdigest()
 
 
 def plan_class_images(model_source: str, prompt: str, folder: str | None, wanted: int, resolution: int,
