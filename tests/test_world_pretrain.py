@@ -122,3 +122,42 @@ def test_world_unets_can_set_a_global_colour(kind):
     norms = [m for m in unet.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert norms and all(m.num_channels // m.num_groups >= 2 for m in norms)
     assert unet.conv_norm_out.num_channels // unet.conv_norm_out.num_groups >= 4
+
+
+def test_residual_v_is_the_v_target_of_upsampled_plus_residual():
+    """The SR model predicts r with x0 = upsampled + r; what it hands the pipeline is plain v."""
+    from dreambooth.core.losses import noise_target
+    from dreambooth.superres.residual import v_from_residual
+
+    alphas = world_scheduler().alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    x0, noise, up = (torch.randn(3, 3, 8, 8, generator=g) for _ in range(3))
+    t = torch.tensor([0, 500, 999])
+    x_t = alphas[t].sqrt().view(-1, 1, 1, 1) * x0 + (1 - alphas[t]).sqrt().view(-1, 1, 1, 1) * noise
+    v = v_from_residual(x0 - up, x_t, up, alphas[t])
+    torch.testing.assert_close(v, noise_target("v_prediction", x0, noise, t, alphas), rtol=1e-4, atol=1e-3)
+
+
+def test_residual_sr_starts_as_its_bicubic_input_and_loads_through_diffusers(text_parts, tmp_path):
+    """A fresh (zero-output) residual SR model reproduces the bicubic upsampling of its input through
+    the IF pipeline: the copy is built in, and our sampler hands the pipeline that upsampling."""
+    import numpy as np
+    from PIL import Image
+
+    from dreambooth.config import ModelConfig
+    from dreambooth.core.models import load_model
+    from dreambooth.core.sample import generate
+    from dreambooth.superres.residual import ResidualSRUNet, lowres_upsample
+
+    train_diffusion(toy("sr", 1), tmp_path, text_parts / "tokenizer", text_parts / "text_encoder", lambda m: None)
+    model = load_model(ModelConfig(pretrained_model_name_or_path=str(tmp_path / "sr")))
+    assert type(model.pipe.unet) is ResidualSRUNet and model.sr.upsample is lowres_upsample   # trains as it samples
+    torch.nn.init.zeros_(model.pipe.unet.conv_out.weight)
+    torch.nn.init.zeros_(model.pipe.unet.conv_out.bias)
+    low = Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8))
+    [(_, out)] = generate(model.pipe, ["a red ball"], [0], steps=4, guidance_scale=1.0, images=[low], noise_level=0)
+    expected = lowres_upsample(torch.from_numpy(np.asarray(low, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None], 64)
+    got = torch.from_numpy(np.asarray(out, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    # level-0 noise augmentation (std 0.006) and 8-bit output are all that separate them
+    assert (got - expected).abs().max() < 0.04
+

@@ -22,6 +22,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline
 
 from ..config import ModelConfig
 from ..errors import DreamboothError
+from ..superres import residual  # noqa: F401 (registers ResidualSRUNet: diffusers loads it from sys.modules)
 from .model_folder import is_super_resolution, locate, read_model_index, require_safetensors  # noqa: F401 (re-exported)
 
 Tensor = torch.Tensor
@@ -234,16 +235,18 @@ class SuperResolution:
     noising_alphas: Tensor           # alphas_cumprod of the pipeline's image-noising scheduler
     max_level: int                   # augmentation levels are drawn from [0, max_level)
     fixed_level: int | None          # or always this level
+    upsample: Callable | None = None   # the model's own upsampling of its low-res input (None: the IF pipeline's)
 
     def condition(self, x_t: Tensor, low: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """-> ([x_t ; upsampled noised low-res] along channels, level per sample)."""
-        from ..superres.conditioning import lowres_condition
+        from ..superres.conditioning import lowres_condition, upsample
         b = x_t.shape[0]
         level = (torch.full((b,), self.fixed_level) if self.fixed_level is not None
                  else torch.randint(0, self.max_level, (b,), generator=gen))
         # drawn at the upsampled size, as the pipeline draws it
         noise = torch.randn((b, low.shape[1], *x_t.shape[-2:]), generator=gen).to(low.device, low.dtype)
-        cond = lowres_condition(low, x_t.shape[-1], noise, level.to(low.device), self.noising_alphas.to(low.device))
+        cond = lowres_condition(low, x_t.shape[-1], noise, level.to(low.device), self.noising_alphas.to(low.device),
+                                self.upsample or upsample)
         return torch.cat([x_t, cond.to(x_t.dtype)], dim=1), level.to(x_t.device)
 
 
@@ -259,7 +262,8 @@ def _super_resolution(pipe, cfg: ModelConfig, resolution: int) -> SuperResolutio
     # The x4 upscaler's low-res image sits at latent size; IF stage II upsamples it to the output size.
     max_level = getattr(pipe.config, "max_noise_level", None) or noising.config.num_train_timesteps
     return SuperResolution(lowres=default_low if not latent else resolution // pipe.vae_scale_factor,
-                           noising_alphas=noising.alphas_cumprod, max_level=int(max_level), fixed_level=None)
+                           noising_alphas=noising.alphas_cumprod, max_level=int(max_level), fixed_level=None,
+                           upsample=getattr(pipe.unet, "lowres_upsample", None))
 
 
 def tokenize(tokenizer, prompts: list[str], max_length: int | None = None) -> tuple[Tensor, Tensor]:

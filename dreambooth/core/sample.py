@@ -13,6 +13,7 @@ import math
 from typing import Iterable, Iterator
 
 import diffusers
+import numpy as np
 import torch
 from PIL import Image
 
@@ -28,11 +29,22 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
     for start in range(0, len(prompts), batch_size):
         chunk = range(start, min(start + batch_size, len(prompts)))
         generators = [torch.Generator().manual_seed(seeds[i]) for i in chunk]
-        inputs = {} if images is None else {"image": [images[i] for i in chunk]}
+        inputs = {} if images is None else {"image": lowres_inputs(pipe, [images[i] for i in chunk])}
         with torch.no_grad():
             images_out = pipe(prompt=[prompts[i] for i in chunk], generator=generators, num_inference_steps=steps,
                               guidance_scale=guidance_scale, output_type="pil", **inputs, **pipe_kwargs).images
         yield from zip(chunk, images_out)
+
+
+def lowres_inputs(pipe, images: list[Image.Image]) -> list:
+    """A super-resolution pipeline's low-res inputs. A UNet with its own upsampling (`superres.residual`)
+    gets them upsampled by it to its output size, so the pipeline's own bilinear resize is the identity."""
+    upsample = getattr(pipe.unet, "lowres_upsample", None)
+    if upsample is None:
+        return images
+    size = pipe.unet.config.sample_size
+    return [upsample(torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1)
+                     .permute(2, 0, 1)[None], size)[0] for im in images]
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ Pure functions: noise and levels are arguments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +29,7 @@ def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def lowres_condition(low: torch.Tensor, out_size: int, noise: torch.Tensor, level: torch.Tensor,
-                     alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """low (B, C, h, w) in [-1, 1] -> (B, C, out_size, out_size): upsampled, then noised to `level`."""
-    return add_noise(upsample(low, out_size), noise, level, alphas_cumprod)
+                     alphas_cumprod: torch.Tensor, upsample_fn: Callable = upsample) -> torch.Tensor:
+    """low (B, C, h, w) in [-1, 1] -> (B, C, out_size, out_size): upsampled, then noised to `level`.
+    upsample_fn: the model's own upsampling (`superres.residual` models read bicubic)."""
+    return add_noise(upsample_fn(low, out_size), noise, level, alphas_cumprod)

@@ -36,6 +36,7 @@ from ...core import checkpoint as ckpt
 from ...core.losses import add_noise, min_snr_weights, noise_target, per_sample_mse
 from ...core.models import encode_text, tokenize
 from ...superres.conditioning import downsample, lowres_condition
+from ...superres.residual import SCHEDULE, ResidualSRUNet
 from . import common
 from .common import lr_at
 from .data import RenderCache
@@ -67,8 +68,8 @@ def world_scheduler() -> DDPMScheduler:
     'leading' default's T - T/steps, which left the shipped models' samples washed out (Lin et al.
     2024, "Common diffusion noise schedules and sample steps are flawed"). The cosine schedule's
     terminal alpha_bar is ~1e-9, so its terminal SNR is already ~zero."""
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=PREDICTION,
-                         variance_type="fixed_small", clip_sample=True, timestep_spacing="trailing")
+    return DDPMScheduler(**SCHEDULE, prediction_type=PREDICTION, variance_type="fixed_small", clip_sample=True,
+                         timestep_spacing="trailing")
 
 
 # GroupNorm groups of the world UNets. With 32 groups on 32-channel blocks every group is one
@@ -78,10 +79,11 @@ NORM_GROUPS = 8
 
 
 def build_unet(kind: str, size: UNetSize, cross_attention_dim: int) -> UNet2DConditionModel:
+    """The SR model predicts its residual over the upsampled input (`superres.residual`)."""
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in size.attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(size.attention))
     extra = {"class_embed_type": "timestep"} if kind == "sr" else {}
-    return UNet2DConditionModel(
+    return (ResidualSRUNet if kind == "sr" else UNet2DConditionModel)(
         # IF layout: 6 outputs ([epsilon, variance]); the pipelines expect it. With a fixed_small
         # variance schedule only the epsilon half is trained and used.
         sample_size=32 if kind == "base" else 64, in_channels=3 if kind == "base" else 6, out_channels=6,
@@ -193,9 +195,11 @@ def _base_input(run, x0, x_t, alphas, gen):
 
 
 def _sr_input(run, x0, x_t, alphas, gen):
-    """[noisy 64x64 ; upsampled noise-augmented 32x32], augmentation level as class label."""
+    """[noisy 64x64 ; upsampled noise-augmented 32x32], augmentation level as class label (bicubic: the
+    residual SR model's own upsampling)."""
     level = torch.randint(0, run.max_aug_level, (x0.shape[0],), generator=gen)
-    cond = lowres_condition(downsample(x0, 32), 64, torch.randn(x0.shape, generator=gen), level, alphas)
+    cond = lowres_condition(downsample(x0, 32), 64, torch.randn(x0.shape, generator=gen), level, alphas,
+                            ResidualSRUNet.lowres_upsample)
     return torch.cat([x_t, cond], dim=1), level
 
 
