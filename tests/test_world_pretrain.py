@@ -161,3 +161,29 @@ def test_residual_sr_starts_as_its_bicubic_input_and_loads_through_diffusers(tex
     # level-0 noise augmentation (std 0.006) and 8-bit output are all that separate them
     assert (got - expected).abs().max() < 0.04
 
+
+def test_a_lane_takes_the_core_a_finished_lane_left_and_keeps_it_only_if_faster(tmp_path, monkeypatch):
+    from dreambooth.world.pretrain import cores
+
+    monkeypatch.setattr(cores.os, "cpu_count", lambda: 2)
+    threads = [1]
+    monkeypatch.setattr(cores.torch, "get_num_threads", lambda: threads[0])
+    monkeypatch.setattr(cores.torch, "set_num_threads", lambda n: threads.__setitem__(0, n))
+    share = cores.CoreShare(tmp_path, row=0, log=lambda m: None)
+    cores.marker(tmp_path, 0).touch()           # its own marker (a stale one) does not count
+    share.after_window(2.2)
+    assert threads[0] == 1
+    cores.marker(tmp_path, 1).touch()           # the other lane finished
+    share.after_window(2.2)
+    assert threads[0] == 2
+    share.after_window(1.3)                     # faster: kept
+    share.after_window(1.3)
+    assert threads[0] == 2
+    slow = cores.CoreShare(tmp_path, row=0, log=lambda m: None)
+    threads[0] = 1
+    slow.after_window(2.2)
+    slow.after_window(5.0)                      # a busy machine: two threads were slower, back to one for good
+    slow.after_window(5.0)
+    assert threads[0] == 1 and slow.settled
+    cores.clear_markers(tmp_path)
+    assert not list(tmp_path.glob(".lane*.done"))

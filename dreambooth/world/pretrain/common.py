@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from ...core import checkpoint as ckpt
 from ..encoders import to_64
+from . import cores
 
 Log = Callable[[str], Any]
 
@@ -83,6 +84,7 @@ def train_loop(model: torch.nn.Module, loss_fn: Callable[[int], tuple[torch.Tens
         log(f"resuming at step {start} from {ckpt_dir}")
     model.train()
     t0, cpu0, window = time.time(), time.process_time(), []
+    window_start = t0
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=ckpt_dir.name.strip(".").removesuffix("-ckpt"),
                unit="step", position=PROGRESS_ROW, mininterval=5)
     for step in bar:
@@ -101,7 +103,8 @@ def train_loop(model: torch.nn.Module, loss_fn: Callable[[int], tuple[torch.Tens
             bar.set_postfix({k: f"{v:.3f}" for k, v in list(mean.items())[:2]})
             log(f"step {done}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in mean.items())
                 + f" ({time.time() - t0:.0f}s)")
-            window = []
+            cores.SHARE.after_window((time.time() - window_start) / len(window))
+            window, window_start = [], time.time()
         if done % ckpt_every == 0 and done < steps:
             ckpt.save_checkpoint(ckpt_dir, done, {"model": model}, opt, schedule, limit=1)
             log(f"checkpoint at step {done}")

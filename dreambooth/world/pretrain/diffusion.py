@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,7 +38,7 @@ from ...core.losses import add_noise, min_snr_weights, noise_target, per_sample_
 from ...core.models import encode_text, tokenize
 from ...superres.conditioning import downsample, lowres_condition
 from ...superres.residual import SCHEDULE, ResidualSRUNet
-from . import common
+from . import common, cores
 from .common import lr_at
 from .data import RenderCache
 
@@ -142,6 +143,7 @@ def train_diffusion(run: DiffusionRun, out_dir: Path, tokenizer_dir: Path, text_
     model_input = _sr_input if run.kind == "sr" else _base_input
 
     unet.train()
+    window_start = time.time()
     gen = torch.Generator().manual_seed(run.seed * 1000 + start)
     bar = tqdm(range(start, run.steps), initial=start, total=run.steps, desc=run.kind, unit="step",
                position=common.PROGRESS_ROW, mininterval=5)
@@ -166,6 +168,8 @@ def train_diffusion(run: DiffusionRun, out_dir: Path, tokenizer_dir: Path, text_
         if (step + 1) % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_sched.get_last_lr()[0]:.1e}")
             log(f"{run.kind} step {step + 1}/{run.steps} loss {loss.item():.4f}")
+            cores.SHARE.after_window((time.time() - window_start) / 50)
+            window_start = time.time()
         if (step + 1) % run.checkpoint_every == 0 or step + 1 == run.steps:
             ckpt.save_checkpoint(work, step + 1, {"unet": unet}, optimizer, lr_sched, limit=2)
 

@@ -84,7 +84,7 @@ def run_lane(stages: tuple[str, ...], out: Path, scale: str, seed: int, row: int
     if row is not None:
         import torch
 
-        from . import common
+        from . import common, cores
         torch.set_num_threads(1)
         common.PROGRESS_ROW = row
         lane_log = out / f"pretrain-lane{row}.log"
@@ -92,12 +92,15 @@ def run_lane(stages: tuple[str, ...], out: Path, scale: str, seed: int, row: int
         def log(msg: str) -> None:
             with lane_log.open("a") as f:
                 f.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+        cores.SHARE = cores.CoreShare(out, row, log)
     spent = {}
     for stage in stages:
         start = time.time()
         log(f"== {stage}")
         run_stage(stage, out, scale, seed, log)
         spent[stage] = round(time.time() - start, 1)
+    if row is not None:
+        cores.marker(out, row).touch()       # the lanes still running may take this core
     return spent
 
 
@@ -114,6 +117,8 @@ def pretrain(out: Path, *, stages: tuple[str, ...] = STAGES, scale: str = "full"
     lanes = [lane for lane in lanes if lane]
     if parallel and len(lanes) > 1:
         log(f"running {' | '.join(' -> '.join(lane) for lane in lanes)} side by side (logs: {out}/pretrain-lane*.log)")
+        from .cores import clear_markers
+        clear_markers(out)
         with multiprocessing.get_context("spawn").Pool(len(lanes)) as pool:
             jobs = [pool.apply_async(run_lane, (lane, out, scale, seed, row)) for row, lane in enumerate(lanes)]
             for job in jobs:
