@@ -13,7 +13,6 @@ import math
 from typing import Iterable, Iterator
 
 import diffusers
-import numpy as np
 import torch
 from PIL import Image
 
@@ -42,9 +41,9 @@ def lowres_inputs(pipe, images: list[Image.Image]) -> list:
     upsample = getattr(pipe.unet, "lowres_upsample", None)
     if upsample is None:
         return images
+    from ..data.intake import to_tensor
     size = pipe.unet.config.sample_size
-    return [upsample(torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1)
-                     .permute(2, 0, 1)[None], size)[0] for im in images]
+    return [upsample(to_tensor(im)[None], size)[0] for im in images]
 
 
 @contextlib.contextmanager
