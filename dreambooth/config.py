@@ -70,6 +70,12 @@ class DataConfig:
     identifier: str | None = opt(None, "The rare token [V] bound to the subject. Default: chosen from the "
                                        "model's own tokenizer (a rare single token, as in the paper §4.2).")
     instance_prompt: str | None = opt(None, "Prompt for the subject photos. Default: 'a photo of [V] <class_name>'.")
+    caption_extension: str | None = opt(
+        None, "Train each photo on the prompt in the text file beside it with this extension (dog1.jpg + "
+        "dog1.txt, as kohya sd-scripts and OneTrainer read captions), e.g. .txt. Write the identifier as [V]: "
+        "'a photo of [V] dog on a lawn'. Naming what the photos share besides the subject (the same lawn) keeps "
+        "it out of [V]. Photos without a caption use the instance prompt. Default: every photo uses the "
+        "instance prompt.")
     resolution: int | None = opt(None, "Training resolution in pixels. Default: the model's native size.",
                                  at_least=8, at_most=8192)
     center_crop: bool = opt(False, "Center-crop photos to a square (default: random crop).")

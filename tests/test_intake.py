@@ -159,7 +159,7 @@ def test_ycbcr_converted(tmp_path: Path) -> None:
 
 def test_bad_files_skipped_with_reasons(tmp_path: Path) -> None:
     Image.new("RGB", (40, 40), (1, 2, 3)).save(tmp_path / "b_good.png")
-    (tmp_path / "a_notes.txt").write_text("not a picture")
+    (tmp_path / "a_notes.md").write_text("not a picture")
     noise = Image.effect_noise((200, 200), 60).convert("RGB")
     noise.save(tmp_path / "c_cut.jpg")
     data = (tmp_path / "c_cut.jpg").read_bytes()
@@ -169,13 +169,13 @@ def test_bad_files_skipped_with_reasons(tmp_path: Path) -> None:
     intake = read_image_folder(tmp_path, min_size=16)
     assert [p.path.name for p in intake.photos] == ["b_good.png"]
     reasons = {path.name: reason for path, reason in intake.skipped}
-    assert list(reasons) == ["a_notes.txt", "c_cut.jpg", "d_tiny.png"]
-    assert reasons["a_notes.txt"] == "not an image"
+    assert list(reasons) == ["a_notes.md", "c_cut.jpg", "d_tiny.png"]
+    assert reasons["a_notes.md"] == "not an image"
     assert "truncated" in reasons["c_cut.jpg"]
     assert "too small" in reasons["d_tiny.png"] and "8x40" in reasons["d_tiny.png"]
 
     summary = intake.summary()
-    assert summary.startswith(f"1 instance image from {tmp_path}; skipped 3: a_notes.txt (not an image), c_cut.jpg (")
+    assert summary.startswith(f"1 instance image from {tmp_path}; skipped 3: a_notes.md (not an image), c_cut.jpg (")
     assert "\n" not in summary
 
 
@@ -196,14 +196,14 @@ def test_sorted_hidden_ignored_not_recursive(tmp_path: Path) -> None:
 def test_only_bad_files_raises_naming_folder(tmp_path: Path) -> None:
     folder = tmp_path / "my photos"
     folder.mkdir()
-    (folder / "readme.txt").write_text("hello")
+    (folder / "readme.md").write_text("hello")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     (folder / "sub").mkdir()
     with pytest.raises(DreamboothError) as info:
         read_image_folder(folder, role="class")
     message = str(info.value)
     assert str(folder) in message and "class images" in message
-    assert "readme.txt (not an image)" in message and "broken.jpg (" in message
+    assert "readme.md (not an image)" in message and "broken.jpg (" in message
     assert "JPEG" in message and "PNG" in message
     assert "Subfolders are not searched (sub)" in message
 
@@ -211,9 +211,9 @@ def test_only_bad_files_raises_naming_folder(tmp_path: Path) -> None:
 def test_empty_folder_raises_unless_allowed(tmp_path: Path) -> None:
     with pytest.raises(DreamboothError, match="empty"):
         read_image_folder(tmp_path)
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.md").write_text("x")
     intake = read_image_folder(tmp_path, role="class", allow_empty=True)
-    assert intake.photos == [] and intake.skipped == [(tmp_path / "notes.txt", "not an image")]
+    assert intake.photos == [] and intake.skipped == [(tmp_path / "notes.md", "not an image")]
 
 
 def test_missing_folder_and_file_instead_of_folder(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def sample(pipe, prompt):
 
 def test_text_conditioning_matches_the_pipeline(tiny_sdxl):
     model = load_model(ModelConfig(pretrained_model_name_or_path=str(tiny_sdxl)))
-    hidden, pooled = conditioning(model, {}, "a photo of sks dog", "a photo of dog", TrainJob().train)(1, 1)
+    hidden, pooled = conditioning(model, {}, ["a photo of sks dog"], "a photo of dog", TrainJob().train)([0], 1)
     ref, _, ref_pooled, _ = model.pipe.encode_prompt(["a photo of sks dog", "a photo of dog"],
                                                      do_classifier_free_guidance=False)
     assert hidden.shape[-1] == model.unet.config.cross_attention_dim    # both towers, side by side

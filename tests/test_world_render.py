@@ -87,7 +87,8 @@ def test_photos_vary_pose_and_context():
 
 def test_world_photos_command(tmp_path, capsys):
     assert main(["world", "photos", "--subject", "disc_star", "-n", "3", "--out", str(tmp_path / "p")]) == 0
-    files = sorted((tmp_path / "p").iterdir())
+    files = sorted((tmp_path / "p").glob("*.png"))
     assert len(files) == 3 and Image.open(files[0]).size == (64, 64)
+    assert sorted(p.name for p in (tmp_path / "p").glob("*.txt")) == [f.with_suffix(".txt").name for f in files]
     assert main(["world", "photos", "--subject", "nope", "-n", "1", "--out", str(tmp_path / "q")]) == 2
     assert "disc_star" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from accelerate.state import AcceleratorState
 from .. import files
 from ..config import TrainJob
 from ..data.batches import BatchPlan, encode_views, make_views
+from ..data.captions import normalize_extension, photo_prompts, unused_captions_note
 from ..data.intake import photo_notes, read_image_folder, to_tensor
 from ..errors import DreamboothError
 from ..export.outputs import check_outputs, saver
@@ -59,6 +60,7 @@ class Settled:
 class Draft(Settled):
     """A planned run: decided and counted, nothing slow done yet (class images, encoding)."""
     views: list[Image.Image]              # the instance views, not yet encoded
+    view_prompts: list[str]               # each view's prompt: its photo's caption, or the instance prompt
     class_plan: ClassPlan | None          # prior preservation on: the class images found and to generate
     lrs: dict[str, float]
 
@@ -70,7 +72,7 @@ class Run(Settled):
     extras: Callable[[list[int], list[int], torch.Generator], dict]   # what else the UNet sees (SR: low-res)
     sample_inputs: dict                   # extra pipeline inputs for validation (SR: a low-res photo)
     batches: BatchPlan
-    text: Callable[[int, int], object]    # (n_instance, n_class) -> (B, L, D) conditioning (SDXL: + pooled)
+    text: Callable[[list[int], int], object]   # (instance views, n_class) -> (B, L, D) conditioning (SDXL: + pooled)
     optimizer: torch.optim.Optimizer
     lr_scheduler: object
     start_step: int
@@ -151,15 +153,17 @@ def plan_run(job: TrainJob) -> Draft:
     class_plan = plan_class_prior(job, model, class_prompt, accelerator)
     trainable, params = open_trainable(model, job)
 
-    views, _ = make_views([ph.image for ph in photos.photos], model.resolution, center_crop=d.center_crop,
-                          random_flip=d.random_flip, random_views=d.random_crop_views, seed=t.seed)
+    prompts, caption_notes = photo_prompts(photos.photos, d.caption_extension, identifier, instance_prompt)
+    views, source = make_views([ph.image for ph in photos.photos], model.resolution, center_crop=d.center_crop,
+                               random_flip=d.random_flip, random_views=d.random_crop_views, seed=t.seed)
     max_steps = t.max_train_steps if t.max_train_steps is not None else \
         -(-t.num_train_epochs * len(views) // (t.train_batch_size * t.gradient_accumulation_steps))
     # every text tower trains at the text encoder's rate (SDXL has two)
     lrs = {n: lrs["text_encoder" if n.startswith("text_encoder") else n] for n in trainable}
     lrs = scaled_lrs(job, lrs, accelerator.num_processes)
     class_job = class_plan.images if class_plan else None
-    notes = photos.notes + photo_notes(photos.photos, model.resolution) + (class_job.notes if class_job else [])
+    notes = photos.notes + caption_notes + unused_captions_note(photos.photos, d.caption_extension) + \
+        photo_notes(photos.photos, model.resolution) + (class_job.notes if class_job else [])
     plan = Plan.build(job, model=model, device=str(accelerator.device), n_photos=len(photos.photos),
                       n_views=len(views), skipped=photos.skipped, notes=notes, class_job=class_job,
                       n_class_views=class_plan.n_views(job.prior.num_class_images) if class_plan else 0,
@@ -167,7 +171,8 @@ def plan_run(job: TrainJob) -> Draft:
                       identifier=identifier, instance_prompt=instance_prompt,
                       class_prompt=class_prompt if class_job else None, adapter=adapter_plan(job, trainable))
     return Draft(job=job, accelerator=accelerator, model=model, output_dir=output_dir, identifier=identifier,
-                 instance_prompt=instance_prompt, class_prompt=class_prompt, views=views, class_plan=class_plan,
+                 instance_prompt=instance_prompt, class_prompt=class_prompt, views=views,
+                 view_prompts=[prompts[i] for i in source], class_plan=class_plan,
                  trainable=trainable, lrs=lrs, max_steps=max_steps, plan=plan)
 
 
@@ -193,7 +198,7 @@ def prepare_run(draft: Draft) -> Run:
     extras = _extras(model, job, views, cviews, accelerator.device)
     # SR validation upsamples the first photo's low-res view, as a base model's sample would be upsampled.
     sample_inputs = {} if model.sr is None else {"image": [views[0].resize((model.sr.lowres,) * 2, Image.BOX)]}
-    text = conditioning(model, trainable, draft.instance_prompt, draft.class_prompt if class_job else None, t)
+    text = conditioning(model, trainable, draft.view_prompts, draft.class_prompt if class_job else None, t)
     optimizer, lr_scheduler = make_optimizer(job, trainable, draft.lrs, draft.max_steps, accelerator)
     settled = {f.name: getattr(draft, f.name) for f in dataclasses.fields(Settled)} | {"trainable": trainable}
     return Run(**settled, instance_x0=instance_x0, class_x0=class_x0, extras=extras, sample_inputs=sample_inputs,
@@ -238,7 +243,8 @@ def check_request(job: TrainJob):
     -> (the photo intake, learning rate per module to train)."""
     d, p, o, t = job.data, job.prior, job.optim, job.train
     preflight(job)   # settings' ranges, paths, the model folder (the CLI already ran it before its imports)
-    photos = read_image_folder(Path(d.instance_data_dir), role="instance")
+    photos = read_image_folder(Path(d.instance_data_dir), role="instance",
+                               caption_extension=d.caption_extension and normalize_extension(d.caption_extension))
     if p.with_prior_preservation and is_super_resolution(job.model.pretrained_model_name_or_path):
         step_a_class_images(p)   # an SR model needs step (a)'s class images: say so before loading anything
     lrs = {"unet": o.learning_rate}

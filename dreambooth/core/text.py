@@ -2,8 +2,8 @@
 
 One text tower (SD 1.x/2.x, DeepFloyd IF, the micro world): the encoder's hidden states. Two towers
 (SDXL): both encoders' penultimate hidden states side by side, plus the second encoder's projected
-pooled embedding, which the UNet takes as an added condition. A frozen tower runs once on the two
-prompts and its output is cached; a trained one (full or LoRA) runs every step on token ids
+pooled embedding, which the UNet takes as an added condition. A frozen tower runs once on the
+distinct prompts (the instance prompt or the photos' captions, and the class prompt) and its output is cached; a trained one (full or LoRA) runs every step on token ids
 tokenized once.
 """
 
@@ -40,11 +40,14 @@ def _pick(cond, index: Tensor):
     return tuple(c[index] for c in cond) if isinstance(cond, tuple) else cond[index]
 
 
-def conditioning(model: Model, encoders: dict[str, torch.nn.Module], instance_prompt: str, class_prompt: str | None,
-                 t) -> Callable[[int, int], object]:
-    """(n_instance, n_class) -> the conditioning of a batch laid out [instance views ; class views].
+def conditioning(model: Model, encoders: dict[str, torch.nn.Module], view_prompts: list[str], class_prompt: str | None,
+                 t) -> Callable[[list[int], int], object]:
+    """(instance view indices, n_class) -> the conditioning of a batch laid out [instance views ; class
+    views]. `view_prompts`: each instance view's prompt (its photo's caption, or the instance prompt).
     `encoders`: each tower by name, the trained ones as wrapped for training."""
-    prompts = [instance_prompt] + ([class_prompt] if class_prompt else [])
+    prompts = list(dict.fromkeys(view_prompts + ([class_prompt] if class_prompt else [])))   # distinct, in order
+    view_row = torch.tensor([prompts.index(p) for p in view_prompts])
+    class_row = prompts.index(class_prompt) if class_prompt else -1
     names = tower_names(model.pipe)
     towers = [encoders.get(n, getattr(model.pipe, n)) for n in names]
     tokens = [tokenize(getattr(model.pipe, tok), prompts, t.tokenizer_max_length) for tok, enc in TOWERS if enc in names]
@@ -53,21 +56,21 @@ def conditioning(model: Model, encoders: dict[str, torch.nn.Module], instance_pr
     ids = [i for i, _ in tokens]
     masks = [m if use_mask else None for _, m in tokens]
 
-    def rows(n_inst: int, n_class: int) -> Tensor:
-        return torch.tensor([0] * n_inst + [1] * n_class)
+    def rows(inst: list[int], n_class: int) -> Tensor:
+        return torch.cat([view_row[inst], torch.full((n_class,), class_row)])
 
     if any(n in encoders for n in names):      # a tower trains: encode every step
-        def per_step(n_inst: int, n_class: int):
-            r = rows(n_inst, n_class)
+        def per_step(inst: list[int], n_class: int):
+            r = rows(inst, n_class)
             return encode(towers, [i[r] for i in ids], [None if m is None else m[r] for m in masks], model.added_cond)
         return per_step
     with torch.no_grad():
-        table = encode(towers, ids, masks, model.added_cond)     # (2, L, D), computed once
+        table = encode(towers, ids, masks, model.added_cond)     # (prompts, L, D), computed once
     table = tuple(c.detach() for c in table) if isinstance(table, tuple) else table.detach()
     if t.pre_compute_text_embeddings:
         for te in towers:
             te.to("cpu")   # frees accelerator memory; still saved with the pipeline at the end
-    return lambda n_inst, n_class: _pick(table, rows(n_inst, n_class).to(_device(table)))
+    return lambda inst, n_class: _pick(table, rows(inst, n_class).to(_device(table)))
 
 
 def _device(cond) -> torch.device:

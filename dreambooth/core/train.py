@@ -79,7 +79,7 @@ def compute_loss(run: Run, micro_step: int) -> LossParts:
     inst, cls = run.batches.indices(micro_step)
     x0 = torch.cat([run.instance_x0[inst], run.class_x0[cls]])               # (B, C, h, w)
     is_prior = torch.tensor([False] * len(inst) + [True] * len(cls), device=x0.device)
-    cond = run.text(len(inst), len(cls))                                       # (B, L, D)
+    cond = run.text(inst, len(cls))                                            # (B, L, D)
     sched = run.model.noise_scheduler
     alphas = sched.alphas_cumprod.to(x0.device)
     gen = step_generator(run.job.train.seed, micro_step, run.accelerator.process_index)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:   # numpy and torch are imported where arrays are made: the CL
 from dreambooth.errors import DreamboothError
 
 ACCEPTED_FORMATS = "JPEG, PNG, WebP, BMP, TIFF or GIF"
+# Caption files beside the photos (data/captions.py): read as text, never reported as "not an image".
+TEXT_SUFFIXES = (".txt", ".caption")
 _MAX_LISTED = 10  # keep summaries and error messages to one readable paragraph
 
 
@@ -59,9 +61,11 @@ def _list_skipped(skipped: Sequence[tuple[Path, str]]) -> str:
 
 
 def read_image_folder(
-    folder: Path, *, role: str = "instance", min_size: int = 1, allow_empty: bool = False
+    folder: Path, *, role: str = "instance", min_size: int = 1, allow_empty: bool = False,
+    caption_extension: str | None = None,
 ) -> Intake:
-    """Decode every regular, non-hidden file in ``folder`` (not recursive), sorted by name.
+    """Decode every regular, non-hidden file in ``folder`` (not recursive), sorted by name. Caption
+    files (.txt, .caption, or ``caption_extension``) are left to data/captions.py.
 
     ``allow_empty`` returns an empty Intake instead of raising when nothing is usable
     (for folders that are filled in later, such as generated class images).
@@ -80,9 +84,14 @@ def read_image_folder(
     subfolders: list[str] = []
     notes: list[str] = []
     seen: dict[str, Path] = {}
+    texts = {*TEXT_SUFFIXES, *([caption_extension.lower()] if caption_extension else [])}
+    captions: list[str] = []
     for path in entries:
         if path.name.startswith("."):
             continue  # .DS_Store, editor swap files and the like are never photos
+        if path.suffix.lower() in texts:
+            captions.append(path.name)   # read by data/captions.py
+            continue
         if path.is_dir():
             subfolders.append(path.name)
             continue
@@ -108,7 +117,8 @@ def read_image_folder(
                      "folder are used; move any photos you meant up into it.")
 
     if not photos and not allow_empty:
-        found = f"It has no usable files: {_list_skipped(skipped)}." if skipped else "It is empty."
+        found = f"It has no usable files: {_list_skipped(skipped)}." if skipped else \
+            f"It holds only caption files ({', '.join(captions[:_MAX_LISTED])})." if captions else "It is empty."
         if subfolders:
             found += f" Subfolders are not searched ({', '.join(subfolders[:_MAX_LISTED])})."
         raise DreamboothError(

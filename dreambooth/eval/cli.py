@@ -64,7 +64,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     suite.add_argument("--subjects", nargs="+", default=None, help="world subjects (default: all 12)")
     suite.add_argument("--variants", nargs="+", default=None,
                        help="dreambooth no_prior common_word no_identifier sr_finetuned (default: all of these), "
-                            "and lora (LoRA DreamBooth, opt-in: compare with `--variants dreambooth lora`)")
+                            "lora (LoRA DreamBooth, opt-in: compare with `--variants dreambooth lora`) and captions (each photo "
+                            "trained on its caption naming its context, opt-in)")
     suite.add_argument("--train-steps", "--train_steps", dest="train_steps", type=int, default=None,
                        help="DreamBooth steps per variant (default: the micro-world preset's)")
     suite.add_argument("--num-class-images", "--num_class_images", dest="num_class_images", type=int, default=None,

@@ -44,6 +44,7 @@ class Variant:
     identifier: str | None = None             # None: the tool's rare token; "": no identifier
     sr: bool = False                          # also fine-tune the SR model (step b) on top of 'dreambooth'
     lora: bool = False                        # a LoRA adapter (rank 4) instead of the full weights
+    captions: bool = False                    # each photo trained on its caption ([V] + its context), not one prompt
 
 
 def variants(common_word: str) -> dict[str, Variant]:
@@ -52,7 +53,9 @@ def variants(common_word: str) -> dict[str, Variant]:
             "common_word": Variant(f"identifier: the common word '{common_word}'", identifier=common_word),
             "no_identifier": Variant("no identifier ('a photo of CLASS')", identifier=""),
             "sr_finetuned": Variant("DreamBooth + SR fine-tuning (step b)", sr=True),
-            "lora": Variant("LoRA DreamBooth (rank 4, rare token, prior preservation)", lora=True)}
+            "lora": Variant("LoRA DreamBooth (rank 4, rare token, prior preservation)", lora=True),
+            "captions": Variant("DreamBooth, each photo trained on its caption ('a photo of [V] star on the beach')",
+                                captions=True)}
 
 
 @dataclass
@@ -112,6 +115,7 @@ def train_job(cfg: SuiteConfig, subject: Subject, photos: Path, variant: Variant
         job.data.identifier = variant.identifier
     job.prior.with_prior_preservation = variant.prior
     job.adapter.lora = variant.lora
+    job.data.caption_extension = ".txt" if variant.captions else None    # world photos carry .txt captions
     job.prior.num_class_images = cfg.num_class_images
     job.prior.class_inference_steps = cfg.settings.steps          # the protocol's sampler for class images too
     job.optim.learning_rate = cfg.lora_learning_rate if variant.lora and cfg.lora_learning_rate else cfg.learning_rate

@@ -74,12 +74,20 @@ def photo_scenes(subject: Subject, n: int, seed: int = 0) -> list[Scene]:
     return [random_pose(subject_scene(subject, subject.home[i % len(subject.home)]), rng) for i in range(n)]
 
 
+def photo_caption(subject: Subject, scene: Scene) -> str:
+    """What a careful user would write beside the photo: the subject as [V] and where it is."""
+    phrase = next(p for p, c in CONTEXTS.items() if c == scene.context)
+    return f"a photo of [V] {subject.cls} {phrase}"
+
+
 def write_photos(subject: Subject, n: int, out: Path, seed: int = 0) -> list[Path]:
+    """n photos as PNG files, each with its caption beside it (.txt; train on them with --caption_extension .txt)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, scene in enumerate(photo_scenes(subject, n, seed)):
         path = out / f"{subject.name}_{i:02d}.png"
         Image.fromarray(render(scene)).save(path)
+        path.with_suffix(".txt").write_text(photo_caption(subject, scene) + "\n")
         paths.append(path)
     return paths
 
