@@ -44,7 +44,7 @@ SCALES = {
     # The shipped models: `dreambooth world pretrain --out dreambooth/world/models` on the project's
     # 2-core CPU, within the 2-hour budget (times in docs/microworld.md).
     "full": Scale(text_steps=300, clip_steps=800, clip_batch=128, clip_cache=20000, instance_steps=1000,
-                  base_steps=4000, base_batch=32, sr_steps=2500, sr_batch=16, sr_crop=32, cache_size=20000),
+                  base_steps=4000, base_batch=32, sr_steps=1500, sr_batch=16, sr_crop=32, cache_size=20000),
     # Exercises every code path in about a minute on a CPU (tests, smoke runs); the results are not useful models.
     "toy": Scale(text_steps=4, clip_steps=4, clip_batch=4, clip_cache=32, instance_steps=4, base_steps=4, base_batch=4,
                  sr_steps=4, sr_batch=4, sr_crop=0, cache_size=32),
