@@ -38,11 +38,12 @@ UNSUPPORTED = {
                                  "itself; see `dreambooth train-sr`",
     "validation_images": "super-resolution validation upsamples a low-res view of the first photo by itself "
                          "(`dreambooth train-sr`)",
-    "dataset_name": "no model hub is reachable and captions per image are not used; put the photos in a folder and "
-                    "pass --instance_data_dir",
+    "dataset_name": "no model hub is reachable; put the photos in a folder and pass --instance_data_dir (per-photo "
+                    "captions: a .txt file beside each photo and --caption_extension .txt)",
     "dataset_config_name": "no model hub is reachable; pass --instance_data_dir",
     "image_column": "photos come from --instance_data_dir, not a dataset",
-    "caption_column": "every photo uses --instance_prompt (or the prompt built from --class-name)",
+    "caption_column": "captions come from a text file beside each photo: dog1.jpg + dog1.txt and "
+                      "--caption_extension .txt (photos without one use --instance_prompt)",
     "do_edm_style_training": "EDM-style training (Playground v2.5, EDM SDXL) is not implemented",
 }
 FLAG_ONLY = {"push_to_hub", "allow_tf32", "enable_xformers_memory_efficient_attention", "set_grads_to_none",
