@@ -59,8 +59,8 @@ def test_photos_train_stop_resume_gallery(server, tmp_path):
     from dreambooth.world.subjects import get_subject, write_photos
     url, work = server
     expect.set_options(timeout=SLOW)
-    photos = write_photos(get_subject("striped_star"), 4, tmp_path / "upload")
-    junk = tmp_path / "upload" / "notes.txt"
+    photos = write_photos(get_subject("striped_star"), 4, tmp_path / "upload")   # (their .txt captions not uploaded)
+    junk = tmp_path / "upload" / "notes.md"     # not .txt: that is a caption file, no longer junk
     junk.write_text("not a photo")
 
     with sync_playwright() as pw:

@@ -123,6 +123,8 @@ def pretrain(out: Path, *, stages: tuple[str, ...] = STAGES, scale: str = "full"
             jobs = [pool.apply_async(run_lane, (lane, out, scale, seed, row)) for row, lane in enumerate(lanes)]
             for job in jobs:
                 spent.update(job.get())
+            pool.close()   # let the workers exit on their own: terminate() (the with-block's exit) leaves their
+            pool.join()    # progress-bar locks to the resource tracker, which warns about "leaked semaphores"
     else:
         for lane in lanes:
             spent.update(run_lane(lane, out, scale, seed, log=log))
