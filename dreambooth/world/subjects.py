@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .. import files
+
 from .render import Pattern, Scene, random_pose, render
 from .vocab import CONTEXTS, parse_prompt
 
@@ -86,8 +88,9 @@ def write_photos(subject: Subject, n: int, out: Path, seed: int = 0) -> list[Pat
     paths = []
     for i, scene in enumerate(photo_scenes(subject, n, seed)):
         path = out / f"{subject.name}_{i:02d}.png"
-        Image.fromarray(render(scene)).save(path)
-        path.with_suffix(".txt").write_text(photo_caption(subject, scene) + "\n")
+        with files.atomic_path(path) as tmp:     # a later `train` reads these: never half-written
+            Image.fromarray(render(scene)).save(tmp, format="PNG")
+        files.write_text(path.with_suffix(".txt"), photo_caption(subject, scene) + "\n")
         paths.append(path)
     return paths
 
