@@ -76,6 +76,42 @@ def test_suite_runs_subjects_side_by_side(world, tmp_path):
         assert set(record["subjects"][name]["figures"]) == {"dreambooth", "base", "ideal"}
 
 
+def test_suite_resumes_at_the_subjects_not_done(world, tmp_path, capsys):
+    """A stopped suite loses no finished subject: a rerun with the same settings reuses each subject's
+    kept result (however many jobs), reruns a subject whose result is gone, and reruns all when a
+    setting changes."""
+    out = tmp_path / "suite"
+    args = ["eval", "--suite", "microworld", "--world-dir", str(world), "--subjects", "striped_ball", "bar_can",
+            "--variants", "dreambooth", "--prompts", "1", "--images-per-prompt", "1", "--class-images", "2",
+            "--steps", "1", "--num-class-images", "1", "--sr-model", "none", "--out", str(out)]
+    assert main([*args, "--train-steps", "1", "--jobs", "2"]) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    trained = {s: (out / s / "models" / "dreambooth" / "model_index.json").stat().st_mtime_ns
+               for s in ("striped_ball", "bar_can")}
+
+    def retrained():
+        return {s for s, t in trained.items()
+                if (out / s / "models" / "dreambooth" / "model_index.json").stat().st_mtime_ns != t}
+
+    capsys.readouterr()
+    assert main([*args, "--train-steps", "1", "--jobs", "1"]) == 0
+    assert "reusing 2 subject(s)" in capsys.readouterr().out and retrained() == set()
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["mean_over_subjects"] == first["mean_over_subjects"]
+    assert again["config"]["reused"] == ["striped_ball", "bar_can"]
+    assert "reused from an earlier run" in (out / "report.md").read_text()
+    assert (out / "grid_bar_can.png").is_file()
+
+    (out / "bar_can" / "result.json").unlink()                     # as if stopped before bar_can finished
+    assert main([*args, "--train-steps", "1", "--jobs", "1"]) == 0
+    assert retrained() == {"bar_can"}
+    assert json.loads((out / "metrics.json").read_text())["config"]["reused"] == ["striped_ball"]
+
+    assert main([*args, "--train-steps", "2", "--jobs", "1"]) == 0     # other settings: nothing reused
+    assert retrained() == {"striped_ball", "bar_can"}
+    assert json.loads((out / "metrics.json").read_text())["config"]["reused"] == []
+
+
 def test_suite_lora_variant_against_full(world, tmp_path):
     """Issue 11 point 7's comparison, in miniature: LoRA vs full DreamBooth on the same subject and seeds,
     with their training time and the size of what each keeps."""

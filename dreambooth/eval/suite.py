@@ -16,6 +16,7 @@ except in the step (b) row), so all rows, and the ideal renders, are compared at
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .. import files
 from ..config import TrainJob
 from ..core.generate import read_identifier
 from ..world.render import render
@@ -30,8 +32,8 @@ from ..world.defaults import PRESET, apply_preset
 from ..world.subjects import SUBJECTS, Subject, get_subject, ideal_scene, write_photos
 from .encoders import WORLD_MODELS, resolve_encoders
 from .protocol import Samples, Settings, fill, prompt_templates, sample_model
-from .score import embed_reference, embed_samples, score
-from .suite_report import write_suite_report
+from .score import Figures, embed_reference, embed_samples, score
+from .suite_report import row_labels, subject_grid, write_suite_report
 
 BASE, IDEAL = "base", "ideal"
 
@@ -198,6 +200,46 @@ def weights_mib(folder: Path) -> float:
     return round(sum(f.stat().st_size for f in files) / 2**20, 3)
 
 
+def result_key(cfg: SuiteConfig) -> dict:
+    """Everything a subject's result depends on: the settings (not where it is written or how many
+    subjects run beside it) and the world's weights, by file size and time, so a rebuilt world is rerun."""
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
+                if k not in ("out", "subjects", "jobs")}
+    weights = sorted((str(f.relative_to(cfg.world_dir)), f.stat().st_size, f.stat().st_mtime_ns)
+                     for part in ("base", "clip", "instance", "sr", "tokenizer") if (cfg.world_dir / part).is_dir()
+                     for f in (cfg.world_dir / part).rglob("*") if f.is_file())
+    return {"settings": settings, "world": hashlib.sha256(json.dumps(weights).encode()).hexdigest()[:16]}
+
+
+def finish_subject(cfg: SuiteConfig, name: str, result: dict) -> dict:
+    """Keep what the report needs (figures, the grid) in OUT/<subject>/, so a rerun of the suite with the
+    same settings reuses it: a 12-subject suite that is stopped resumes at the subjects not yet done."""
+    folder = cfg.out / name
+    kept = {k: result[k] for k in ("figures", "seconds", "real_self", "output_mib")}
+    kept["grid"] = subject_grid(result["samples"], row_labels({n: v.label for n, v in variants(cfg.common_word).items()}))
+    with files.atomic_path(folder / "grid.png") as tmp:
+        kept["grid"].save(tmp, format="PNG")
+    files.write_json(folder / "result.json", {"key": result_key(cfg), **{k: kept[k] for k in ("seconds", "real_self",
+                                              "output_mib")}, "figures": {n: dataclasses.asdict(f) for n, f
+                                                                         in kept["figures"].items()}})
+    return kept
+
+
+def saved_result(cfg: SuiteConfig, name: str) -> dict | None:
+    """The subject's kept result when it was made with the same settings and world, else None."""
+    folder = cfg.out / name
+    try:
+        record = json.loads((folder / "result.json").read_text())
+        if record.get("key") != json.loads(json.dumps(result_key(cfg))):     # tuples read back as lists
+            return None
+        grid = Image.open(folder / "grid.png")
+        grid.load()
+    except (OSError, ValueError):
+        return None
+    return {"figures": {n: Figures(**f) for n, f in record["figures"].items()}, "grid": grid,
+            **{k: record[k] for k in ("seconds", "real_self", "output_mib")}}
+
+
 def _subject_worker(cfg: SuiteConfig, name: str) -> dict:
     """One subject in a process of its own: one thread (two one-thread processes beat one two-thread
     process on a 2-core CPU, as in world pretraining), messages prefixed with the subject."""
@@ -207,30 +249,38 @@ def _subject_worker(cfg: SuiteConfig, name: str) -> dict:
     torch.set_num_threads(1)
     quiet_libraries()                     # a spawned process starts with the libraries' defaults
     encoders = resolve_encoders(str(cfg.world_dir / "clip"), str(cfg.world_dir / "instance"))
-    return run_subject(cfg, get_subject(name), encoders, lambda msg: print(f"[{name}] {msg}", flush=True))
+    result = run_subject(cfg, get_subject(name), encoders, lambda msg: print(f"[{name}] {msg}", flush=True))
+    return finish_subject(cfg, name, result)
 
 
 def run_suite(cfg: SuiteConfig, command: str = "", log=print) -> Path:
-    """Every subject through every variant; writes OUT/metrics.json, OUT/report.md and pictures."""
+    """Every subject through every variant; writes OUT/metrics.json, OUT/report.md and pictures.
+    Subjects already done with the same settings (OUT/<subject>/result.json) are reused, not rerun."""
     cfg.check()
     start = time.time()
-    results = {}
-    if cfg.jobs > 1 and len(cfg.subjects) > 1:
+    results = {name: r for name in cfg.subjects if (r := saved_result(cfg, name)) is not None}
+    todo = [name for name in cfg.subjects if name not in results]
+    if results:
+        log(f"reusing {len(results)} subject(s) already done with these settings: {', '.join(results)} "
+            f"(their OUT/<subject>/result.json; delete it to rerun one)")
+    if cfg.jobs > 1 and len(todo) > 1:
         import multiprocessing
-        log(f"{len(cfg.subjects)} subjects, {cfg.jobs} at a time")
+        log(f"{len(todo)} subjects, {cfg.jobs} at a time")
         with multiprocessing.get_context("spawn").Pool(cfg.jobs) as pool:
-            jobs = {name: pool.apply_async(_subject_worker, (cfg, name)) for name in cfg.subjects}
-            results = {name: job.get() for name, job in jobs.items()}
-    else:
+            jobs = {name: pool.apply_async(_subject_worker, (cfg, name)) for name in todo}
+            results.update({name: job.get() for name, job in jobs.items()})
+    elif todo:
         encoders = resolve_encoders(str(cfg.world_dir / "clip"), str(cfg.world_dir / "instance"))
-        for name in cfg.subjects:
+        for name in todo:
             log(f"== {name}")
-            results[name] = run_subject(cfg, get_subject(name), encoders, log)
+            results[name] = finish_subject(cfg, name, run_subject(cfg, get_subject(name), encoders, log))
+    results = {name: results[name] for name in cfg.subjects}          # the order asked for
     wall = round(time.time() - start, 1)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     config["sr_folder"] = str(cfg.sr_folder()) if cfg.sr_folder() else None
+    config["reused"] = [name for name in cfg.subjects if name not in todo]
     report = write_suite_report(cfg.out, results, config=config, command=command, wall_seconds=wall,
                                 variant_labels={n: v.label for n, v in variants(cfg.common_word).items()})
-    (cfg.out / "suite_config.json").write_text(json.dumps(config, indent=1))
+    files.write_json(cfg.out / "suite_config.json", config)
     log(f"suite finished in {wall:.0f}s; report: {report}")
     return report

@@ -3,11 +3,11 @@ as ratios, per-subject tables and grids, metrics.json and a per-prompt CSV."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PIL import Image
 
+from .. import files
 from .report import NOTES, bar_chart, fmt, labelled_grid, markdown_table, paper_chart, prompt_rows, write_csv
 from .score import LABELS, Figures, mean_figures
 
@@ -63,10 +63,15 @@ def subject_grid(samples: dict, labels: dict[str, str]) -> Image.Image:
     return labelled_grid(images, row_labels, cols=cols)
 
 
+def row_labels(variant_labels: dict[str, str]) -> dict[str, str]:
+    return {IDEAL: "ideal renders (upper bound)", BASE: "base model, '[V] class' (no fine-tuning)", **variant_labels}
+
+
 def write_suite_report(out: Path, results: dict, *, config: dict, command: str, wall_seconds: float,
                        variant_labels: dict[str, str]) -> Path:
+    """`results`: subject -> {figures, grid (its subject_grid image), seconds, real_self, output_mib}."""
     out.mkdir(parents=True, exist_ok=True)
-    labels = {IDEAL: "ideal renders (upper bound)", BASE: "base model, '[V] class' (no fine-tuning)", **variant_labels}
+    labels = row_labels(variant_labels)
     names = list(next(iter(results.values()))["figures"])
     means = {n: mean_figures([r["figures"][n] for r in results.values()]) for n in names}
     record = {
@@ -79,7 +84,7 @@ def write_suite_report(out: Path, results: dict, *, config: dict, command: str, 
                      for s, r in results.items()},
         "notes": list(NOTES),
     }
-    (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    files.write_json(out / "metrics.json", record)
     write_csv(out / "per_prompt.csv", ["subject", "variant"], [row for subject, r in results.items()
                                                                for n, f in r["figures"].items()
                                                                for row in prompt_rows([subject, n], f)])
@@ -104,7 +109,9 @@ def write_suite_report(out: Path, results: dict, *, config: dict, command: str, 
           f"each prompt: seed + i). Training: {config['train_steps']} steps at lr {config['learning_rate']}, "
           f"{config['num_class_images']} class images. Images: "
           + (f"base -> SR (`{config['sr_folder']}`, untouched unless said) at 64 px" if config["sr_folder"]
-             else "the base model's own output") + f". Wall time {wall_seconds:.0f} s.", "",
+             else "the base model's own output") + f". Wall time {wall_seconds:.0f} s"
+          + (f" (not counting {', '.join(config['reused'])}: reused from an earlier run)" if config.get("reused")
+             else "") + ".", "",
           "## Targets (issue 5)", "",
           markdown_table(["", "ours", "reference", "ratio", "target", "met"], targets(means)), "",
           "## 1. Base model vs DreamBooth vs ideal renders", "",
@@ -117,7 +124,7 @@ def write_suite_report(out: Path, results: dict, *, config: dict, command: str, 
           comparison(means, labels, tuple(ident), ("dino", "clip_i", "clip_t", "dino_ideal")), "",
           "![identifier](chart_identifier.png)", "", "## Per subject", ""]
     for subject, r in results.items():
-        subject_grid(r["samples"], labels).save(out / f"grid_{subject}.png")
+        r["grid"].save(out / f"grid_{subject}.png")
         rows = [[labels.get(n, n), *(getattr(f, k) for k in ("dino", "clip_i", "clip_t", "pres", "div_dino",
                                                                "dino_ideal"))] for n, f in r["figures"].items()]
         md += [f"### {subject}", "", markdown_table(["", "DINO", "CLIP-I", "CLIP-T", "PRES", "DIV-DINO",
@@ -130,5 +137,5 @@ def write_suite_report(out: Path, results: dict, *, config: dict, command: str, 
            "- 'DINO vs ideal': mean DINO (instance encoder) similarity between a prompt's samples and the ideal "
            "renders of the same prompt, at the model's output size.", "",
            "Prompt templates: DreamBench (google/dreambooth, Ruiz et al. 2023), CC-BY 4.0.", ""]
-    (out / "report.md").write_text("\n".join(md))
+    files.write_text(out / "report.md", "\n".join(md))
     return out / "report.md"
