@@ -39,6 +39,12 @@ def test_buttons_report_problems_and_queue_positions(tmp_path):
     message, rows, crops = h.photo_view(name, settings())
     assert message.startswith("5 photos used, 0 skipped; the model sees 32 px crops")
     assert len(rows) == 5 and len(crops) == 5 * 4 and crops[0][0].size == (128, 128)   # 4 random crops each
+    # the subject's photos carry .txt captions: unused (and said so) until the form turns them on
+    assert "caption beside it, unused" in message and crops[0][1] == rows[0][0]
+    message, _, crops = h.photo_view(name, settings(caption_extension=".txt"))
+    assert "unused" not in message
+    assert crops[0][1] == f"{rows[0][0]}: {(h.run(name).photos / rows[0][0]).with_suffix('.txt').read_text().strip()}"
+    assert "[V] star" in crops[0][1]
 
     _, message = h.train(name, settings(class_name="star", learning_rate="-1"))
     assert message.startswith("**Error:** Settings: 'learning_rate' must be a finite number > 0")

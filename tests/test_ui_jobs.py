@@ -53,6 +53,16 @@ def test_uploads_are_counted_sized_and_renamed(tmp_path):
     stored = runs.store_uploads(run, files[:3])
     assert sorted(p.name for p in stored) == ["0.png", "1.png", "2.png"]
     assert all(p.parent == run.photos for p in stored)
+    # caption files ride along with their photos and do not count as photos
+    for i in range(20):
+        (src / f"{i}.txt").write_text(f"a photo of [V] dog {i}")
+    captions = [(f"{i}.txt", src / f"{i}.txt") for i in range(20)]
+    stored = runs.store_uploads(run, files[:20] + captions)
+    assert len(stored) == 40 and (run.photos / "7.txt").read_text() == "a photo of [V] dog 7"
+    with pytest.raises(DreamboothError, match=r"got 2 \(and 2 caption files\)"):
+        runs.store_uploads(run, files[:2] + captions[:2])
+    stored = runs.store_uploads(run, files[:3] + [("0.cap", src / "0.txt")], caption_extension="cap")
+    assert len(stored) == 4
 
 
 def test_runs_open_only_by_their_own_names(tmp_path):

@@ -45,8 +45,9 @@ def build(work_dir: Path, queue: JobQueue):
         header = gr.Markdown(elem_id="db-header")
         with gr.Tabs():
             with gr.Tab("Photos", id="photos"):
-                upload = gr.File(label="Photos of one subject (3-20; JPEG, PNG, WebP...)", file_count="multiple",
-                                 type="filepath", elem_id="db-upload")
+                upload = gr.File(label="Photos of one subject (3-20; JPEG, PNG, WebP...), with a caption file "
+                                       "per photo if you have them (dog1.txt beside dog1.jpg)",
+                                 file_count="multiple", type="filepath", elem_id="db-upload")
                 with gr.Row():
                     subject = gr.Dropdown(choices=list(SUBJECTS), value="striped_star",
                                           label="...or try a micro-world subject (offline)")

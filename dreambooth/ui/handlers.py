@@ -76,7 +76,7 @@ class Handlers:
             return name, "Drop 3-20 photos here, or pick a micro-world subject."
         run = self.photo_run(name)
         try:
-            runs.store_uploads(run, [(Path(f).name, Path(f)) for f in files])
+            runs.store_uploads(run, [(Path(f).name, Path(f)) for f in files], values.get("caption_extension") or None)
         except DreamboothError as e:
             return run.name, error(e)
         return run.name, ""

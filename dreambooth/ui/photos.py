@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..config import TrainJob
+from ..data.captions import caption_files, read_caption, unused_captions_note
 from ..data.intake import photo_notes, read_image_folder
 from ..errors import DreamboothError
 
@@ -40,7 +41,8 @@ def model_resolution(job: TrainJob) -> int | None:
 
 def photo_report(folder: Path, job: TrainJob) -> PhotoReport:
     """Read `folder` as training would; raises DreamboothError (the CLI's message) when nothing is usable."""
-    intake = read_image_folder(folder, role="instance")
+    extension = job.data.caption_extension
+    intake = read_image_folder(folder, role="instance", caption_extension=extension)
     rows = [[p.path.name, "used", ""] for p in intake.photos] + [[p.name, "skipped", why] for p, why in intake.skipped]
     resolution = model_resolution(job)
     if resolution is None:
@@ -50,9 +52,18 @@ def photo_report(folder: Path, job: TrainJob) -> PhotoReport:
     views, source = make_views([p.image for p in intake.photos], resolution, center_crop=d.center_crop,
                                random_flip=d.random_flip, random_views=d.random_crop_views, seed=job.train.seed)
     scale = max(1, -(-SHOWN // resolution))
-    crops = [(v.resize((resolution * scale,) * 2, Image.NEAREST), intake.photos[i].path.name)
-             for v, i in zip(views, source)]
-    return PhotoReport(rows, intake.notes + photo_notes(intake.photos, resolution), crops, resolution)
+    labels = crop_labels(intake.photos, extension)
+    crops = [(v.resize((resolution * scale,) * 2, Image.NEAREST), labels[i]) for v, i in zip(views, source)]
+    notes = intake.notes + unused_captions_note(intake.photos, extension) + photo_notes(intake.photos, resolution)
+    return PhotoReport(rows, notes, crops, resolution)
+
+
+def crop_labels(photos: list, extension: str | None) -> list[str]:
+    """Each photo's name and, when captions are on, the caption it trains on (as written: [V] unfilled)."""
+    if not extension:
+        return [ph.path.name for ph in photos]
+    return [f"{ph.path.name}: {read_caption(f)}" if f else f"{ph.path.name}: no caption (the instance prompt)"
+            for ph, f in zip(photos, caption_files(photos, extension))]
 
 
 def report_or_error(folder: Path, job: TrainJob) -> tuple[PhotoReport | None, str]:

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.captions import normalize_extension
+from ..data.intake import TEXT_SUFFIXES
 from ..errors import DreamboothError
 from ..export.names import SR_SUBDIR, has_export, single_file_name, weight_files
 from ..files import write_json
@@ -95,12 +97,16 @@ def safe_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def store_uploads(run: RunFolder, uploads: list[tuple[str, Path]]) -> list[Path]:
+def store_uploads(run: RunFolder, uploads: list[tuple[str, Path]], caption_extension: str | None = None) -> list[Path]:
     """Copy uploaded files (original name, temporary path) into RUN/photos/ under safe names. The
-    files are only copied here; intake later opens them as images with Pillow, nothing else."""
-    if not MIN_PHOTOS <= len(uploads) <= MAX_PHOTOS:
-        raise DreamboothError(f"Upload {MIN_PHOTOS} to {MAX_PHOTOS} photos of the subject; got {len(uploads)}. "
-                              "DreamBooth works from a few photos: 3-5 varied ones are enough.")
+    files are only copied here; intake later opens them as images with Pillow, nothing else.
+    Caption files (dog1.txt beside dog1.jpg) come along and do not count as photos."""
+    texts = {*TEXT_SUFFIXES, *([normalize_extension(caption_extension).lower()] if caption_extension else [])}
+    n_photos = sum(Path(name).suffix.lower() not in texts for name, _ in uploads)
+    if not MIN_PHOTOS <= n_photos <= MAX_PHOTOS:
+        raise DreamboothError(f"Upload {MIN_PHOTOS} to {MAX_PHOTOS} photos of the subject; got {n_photos}"
+                              + (f" (and {len(uploads) - n_photos} caption files)" if n_photos < len(uploads) else "")
+                              + ". DreamBooth works from a few photos: 3-5 varied ones are enough.")
     too_big = [(n, p.stat().st_size) for n, p in uploads if p.stat().st_size > MAX_PHOTO_BYTES]
     if too_big:
         name, size = too_big[0]
