@@ -79,3 +79,12 @@ def test_bad_shapes_are_refused():
         m.subject_fidelity(E1, rows(E1))
     with pytest.raises(ValueError):
         m.subject_fidelity(torch.zeros(0, 3), rows(E1))
+
+
+def test_zero_shot_accuracy_reads_the_nearest_label_and_skips_unasked_images():
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])          # 3 labels in 2-D
+    images = torch.tensor([[2.0, 0.1], [0.2, 3.0], [-1.0, 0.5], [0.0, 1.0]])   # read as 0, 1, 2, 1
+    assert m.zero_shot_accuracy(images, labels, [0, 1, 2, 1]) == 1.0
+    assert m.zero_shot_accuracy(images, labels, [0, 0, 2, 2]) == 0.5
+    assert m.zero_shot_accuracy(images, labels, [-1, -1, 2, 0]) == 0.5    # -1: not asked
+    assert m.zero_shot_accuracy(images, labels, [-1, -1, -1, -1]) is None

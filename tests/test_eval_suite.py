@@ -46,7 +46,9 @@ def test_suite_runs_every_comparison(world, tmp_path):
     assert per_prompt["no_identifier"][0]["prompt"] == "a ball in the jungle"
     identifier = json.loads((out / "striped_ball" / "models" / "dreambooth" / "identifier.json").read_text())
     assert per_prompt["base"][0]["prompt"] == f"a {identifier['identifier']} ball in the jungle"
-    assert len(record["targets"]) == 3 and record["wall_seconds"] > 0
+    assert len(record["targets"]) == 4 and record["wall_seconds"] > 0     # DINO, CLIP-T, context read, DIV
+    # the world's prompts name contexts, and micro-CLIP reads them: a share for every row
+    assert all(0 <= f["context_read"] <= 1 for f in figures.values())
     # every row rendered base -> SR at 64 px: the untouched world SR, except step (b)'s own
     models = out / "striped_ball" / "models"
     assert (models / "sr_finetuned" / "model_index.json").is_file()
@@ -127,3 +129,44 @@ def test_suite_lora_variant_against_full(world, tmp_path):
     assert rates == {"dreambooth": PRESET["learning_rate"], "lora": 3e-3}     # LoRA trains at its own rate
     assert (out / "striped_ball" / "models" / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert 0 < subject["output_mib"]["lora"] < subject["output_mib"]["dreambooth"] / 10
+
+
+def test_context_read_on_the_shipped_encoders():
+    """The prompt-fidelity reading the suite reports beside CLIP-T: the shipped micro-CLIP reads the
+    context of ideal renders of the world's prompts, and not when the renders show other contexts."""
+    from dreambooth.eval.score import context_read, embed_samples
+    from dreambooth.eval.suite import WORLD_MODELS, ideal_samples
+    from dreambooth.world.subjects import get_subject
+
+    encoders = resolve_encoders(str(WORLD_MODELS / "clip"), str(WORLD_MODELS / "instance"))
+    subject, settings = get_subject("striped_star"), Settings(prompt_list="world", images_per_prompt=2)
+    with_context = tuple(t for t in world_prompts() if " in the " in t or " on " in t)       # 8 contexts
+    ideal = ideal_samples(subject, with_context, settings, 64)
+    assert context_read(ideal, embed_samples(ideal, encoders), encoders) >= 0.9
+    shifted = ideal_samples(subject, with_context[1:] + with_context[:1], settings, 64)
+    shifted.texts = ideal.texts                      # each image now carries another prompt's context
+    assert context_read(shifted, embed_samples(shifted, encoders), encoders) <= 0.2
+
+
+def test_shipped_micro_clip_reads_prompts_with_the_worlds_tokenizer(tmp_path):
+    """CLIP-T on world models embeds each prompt with the tokenizer micro-CLIP was trained with (the
+    base pipeline's, saved as tokenizer.json alone). Before this was checked, the eval loaded an empty
+    tokenizer for it and every prompt got the same embedding."""
+    from transformers import CLIPTokenizer
+
+    from dreambooth.eval.encoders import EncoderUnavailable, load_clip
+    from dreambooth.eval.suite import WORLD_MODELS
+    from dreambooth.world.encoders import clip_text_embeds, load_world_clip
+
+    prompts = ["a red ball on the beach", "a blue star in the snow"]
+    ours = load_clip(str(WORLD_MODELS / "clip")).embed_text(prompts)
+    direct = clip_text_embeds(load_world_clip(WORLD_MODELS / "clip"),
+                              CLIPTokenizer.from_pretrained(WORLD_MODELS / "base" / "tokenizer"), prompts)
+    assert torch.allclose(ours, torch.nn.functional.normalize(direct, dim=-1), atol=1e-5)
+    assert float(ours[0] @ ours[1]) < 0.9                                  # two prompts, two embeddings
+    lone = tmp_path / "clip"                                               # a world CLIP with no tokenizer near it
+    lone.mkdir()
+    for f in (WORLD_MODELS / "clip").iterdir():
+        (lone / f.name).symlink_to(f)
+    with pytest.raises(EncoderUnavailable, match="no tokenizer"):
+        load_clip(str(lone))

@@ -143,12 +143,19 @@ def _load(kind: str, source: str, loader: Callable[[str], object]) -> object:
 
 
 def _clip_tokenizer(source: str):
-    """The CLIP folder's own tokenizer; world CLIP folders keep theirs beside them (../tokenizer)."""
+    """The CLIP folder's own tokenizer; world CLIP folders keep theirs beside them (../tokenizer, or
+    the base pipeline's, ../base/tokenizer). A tokenizer is saved as vocab.json + merges.txt or as
+    tokenizer.json alone (what transformers 5 writes with a pipeline). A local folder without one is
+    an error: transformers would otherwise build an empty tokenizer that reads every prompt as the
+    same unknown tokens, and CLIP-T would silently measure nothing."""
     from transformers import CLIPTokenizer
-    path = Path(source)
+    path = Path(source).expanduser()
     for cand in (path, path / "tokenizer", path.parent / "tokenizer", path.parent / "base" / "tokenizer"):
-        if (cand / "vocab.json").is_file():
+        if (cand / "vocab.json").is_file() or (cand / "tokenizer.json").is_file():
             return CLIPTokenizer.from_pretrained(str(cand))
+    if path.is_dir():
+        raise ValueError(f"no tokenizer (vocab.json or tokenizer.json) in {path}, its tokenizer/ subfolder or "
+                         f"beside it ({path.parent / 'tokenizer'}, {path.parent / 'base' / 'tokenizer'})")
     return CLIPTokenizer.from_pretrained(source)       # a hub id in the local cache
 
 

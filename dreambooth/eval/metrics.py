@@ -9,6 +9,8 @@ L2-normalised here, so callers may pass raw encoder outputs; a dot product is th
   class-prompt samples ("a dog"); lower = the class drifted less towards the subject.
 - DIV-DINO (class diversity): 1 - mean DINO cosine between distinct class-prompt samples. The paper
   uses LPIPS; no LPIPS weights are available here, so this is a DINO-based stand-in, named as such.
+- Zero-shot accuracy: the share of images a CLIP reads as their prompt's label (the micro world reads
+  the prompt's context this way: a prompt-fidelity figure that is near 1 on ideal renders).
 """
 
 from __future__ import annotations
@@ -105,3 +107,14 @@ def paired_fidelity(generated: Tensor, reference: Tensor, gen_group: Sequence[in
         else:
             out.append(float("nan"))
     return out
+
+
+def zero_shot_accuracy(images: Tensor, labels: Tensor, truth: Sequence[int] | Tensor) -> float | None:
+    """Share of images (N, D) whose most similar label embedding (L, D) is truth (N,) (cosine, so raw
+    embeddings do); images with truth -1 are not asked. None when no image is asked."""
+    t = torch.as_tensor(truth, dtype=torch.long)
+    asked = t >= 0
+    if not asked.any():
+        return None
+    read = cosine_matrix(images[asked], labels).argmax(dim=1)
+    return float((read == t[asked]).double().mean())

@@ -19,7 +19,7 @@ from .protocol import Samples
 Tensor = torch.Tensor
 METRICS = ("dino", "clip_i", "clip_t", "pres", "div_dino")
 LABELS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "pres": "PRES", "div_dino": "DIV-DINO",
-          "dino_ideal": "DINO vs ideal"}
+          "dino_ideal": "DINO vs ideal", "context_read": "context read"}
 
 
 @dataclass
@@ -64,6 +64,7 @@ class Figures:
     pres: float | None = None
     div_dino: float | None = None
     dino_ideal: float | None = None   # micro world: mean DINO between a prompt's samples and its ideal renders
+    context_read: float | None = None  # micro world: share of samples whose context micro-CLIP reads as the prompt's
     per_prompt: list[dict] = field(default_factory=list)
 
     def headline(self) -> dict[str, float | None]:
@@ -77,6 +78,7 @@ def score(samples: Samples, real: Reference, encoders: Encoders, ideal: Samples 
     n_prompts = len(samples.prompts)
     figures = Figures(dino=m.subject_fidelity(e.dino, real.dino), clip_i=m.subject_fidelity(e.clip, real.clip),
                       clip_t=m.prompt_fidelity(e.text, e.clip, samples.prompt_index))
+    figures.context_read = context_read(samples, e, encoders)
     if e.class_dino is not None:
         figures.pres = m.preservation(real.dino, e.class_dino)
         figures.div_dino = m.diversity_dino(e.class_dino) if len(samples.class_images) >= 2 else None
@@ -94,6 +96,22 @@ def score(samples: Samples, real: Reference, encoders: Encoders, ideal: Samples 
     return figures
 
 
+def context_read(samples: Samples, e: Embedded, encoders: Encoders) -> float | None:
+    """Micro world only: the share of samples whose context micro-CLIP reads zero-shot as their prompt's
+    (as `dreambooth world gates` reads base samples). Why: CLIP-T's raw cosine scores the world's ideal
+    renders below the untouched base model, so it cannot say whether a prompt's context was drawn."""
+    if not encoders.clip.prep.world:
+        return None
+    from ..world.encoders import fill_template
+    from ..world.pretrain.clip import CONTEXT_TEMPLATES
+    from ..world.pretrain.data import CONTEXT_PHRASES
+    from ..world.vocab import parse_prompt
+    truth = [CONTEXT_PHRASES.index(c) if (c := parse_prompt(t)[2]) else -1 for t in samples.texts]
+    text = encoders.clip.embed_text([fill_template(t, c) for c in CONTEXT_PHRASES for t in CONTEXT_TEMPLATES])
+    labels = text.view(len(CONTEXT_PHRASES), len(CONTEXT_TEMPLATES), -1).mean(1)         # prompt ensemble
+    return m.zero_shot_accuracy(e.clip, labels, [truth[p] for p in samples.prompt_index])
+
+
 def _nanmean(values: list[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return sum(kept) / len(kept) if kept else float("nan")
@@ -102,7 +120,7 @@ def _nanmean(values: list[float]) -> float:
 def mean_figures(all_figures: list[Figures]) -> dict[str, float | None]:
     """Average the headline figures over subjects (None stays None when no subject has it)."""
     out: dict[str, float | None] = {}
-    for key in (*METRICS, "dino_ideal"):
+    for key in (*METRICS, "dino_ideal", "context_read"):
         values = [getattr(f, key) for f in all_figures if getattr(f, key) is not None]
         out[key] = sum(values) / len(values) if values else None
     return out

@@ -202,13 +202,15 @@ def weights_mib(folder: Path) -> float:
 
 def result_key(cfg: SuiteConfig) -> dict:
     """Everything a subject's result depends on: the settings (not where it is written or how many
-    subjects run beside it) and the world's weights, by file size and time, so a rebuilt world is rerun."""
+    subjects run beside it), the world's training preset, and the world's weights by file size and
+    time, so a rebuilt world is rerun."""
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
                 if k not in ("out", "subjects", "jobs")}
     weights = sorted((str(f.relative_to(cfg.world_dir)), f.stat().st_size, f.stat().st_mtime_ns)
                      for part in ("base", "clip", "instance", "sr", "tokenizer") if (cfg.world_dir / part).is_dir()
                      for f in (cfg.world_dir / part).rglob("*") if f.is_file())
-    return {"settings": settings, "world": hashlib.sha256(json.dumps(weights).encode()).hexdigest()[:16]}
+    return {"settings": settings, "preset": dict(PRESET),
+            "world": hashlib.sha256(json.dumps(weights).encode()).hexdigest()[:16]}
 
 
 def finish_subject(cfg: SuiteConfig, name: str, result: dict) -> dict:
