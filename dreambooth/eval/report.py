@@ -4,13 +4,13 @@ drawn with PIL, no plotting library) and a Markdown page that shows them all."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .. import files
 from .protocol import Samples
 from .score import LABELS, METRICS, Figures
 
@@ -160,7 +160,8 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) 
 
 def figures_table(rows: dict[str, Figures], real_self: dict[str, float]) -> str:
     """The headline table: our rows, the real images against one another, the paper's Table 1."""
-    keys = (*METRICS, "dino_ideal") if any(f.dino_ideal is not None for f in rows.values()) else METRICS
+    keys = (*METRICS, *(k for k in ("dino_ideal", "context_read") if any(getattr(f, k) is not None
+                                                                          for f in rows.values())))
     body: list[list[object]] = [[name, *(getattr(f, k) for k in keys)] for name, f in rows.items()]
     if real_self:
         body.append(["real images vs one another", *(real_self.get(k) for k in keys)])
@@ -187,7 +188,7 @@ def write_report(out: Path, results: list[tuple[Samples, Figures]], *, real_self
                    for s, f in results},
         "paper_table1": PAPER_TABLE1, "notes": list(NOTES),
     }
-    (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    files.write_json(out / "metrics.json", record)
     write_csv(out / "per_prompt.csv", ["model"], [r for name, f in rows.items() for r in prompt_rows([name], f)])
     paper_chart(rows, "Subject and prompt fidelity vs the paper's Table 1", real_self).save(out / "chart_fidelity.png")
     md = [f"# DreamBooth evaluation: {class_name}", "", f"Command: `{command}`", "",
@@ -214,7 +215,7 @@ def write_report(out: Path, results: list[tuple[Samples, Figures]], *, real_self
                               [[r["prompt"], r["dino"], r["clip_i"], r["clip_t"]] for r in f.per_prompt]), ""]
     md += ["## Notes", "", *[f"- {n}" for n in NOTES], "",
            "Prompt templates: DreamBench (google/dreambooth, Ruiz et al. 2023), CC-BY 4.0.", ""]
-    (out / "report.md").write_text("\n".join(md))
+    files.write_text(out / "report.md", "\n".join(md))
     return out / "report.md"
 
 
