@@ -213,17 +213,21 @@ def result_key(cfg: SuiteConfig) -> dict:
             "world": hashlib.sha256(json.dumps(weights).encode()).hexdigest()[:16]}
 
 
+KEPT = ("seconds", "real_self", "output_mib")            # beside the figures and the grid
+
+
 def finish_subject(cfg: SuiteConfig, name: str, result: dict) -> dict:
     """Keep what the report needs (figures, the grid) in OUT/<subject>/, so a rerun of the suite with the
     same settings reuses it: a 12-subject suite that is stopped resumes at the subjects not yet done."""
     folder = cfg.out / name
-    kept = {k: result[k] for k in ("figures", "seconds", "real_self", "output_mib")}
-    kept["grid"] = subject_grid(result["samples"], row_labels({n: v.label for n, v in variants(cfg.common_word).items()}))
+    labels = row_labels({n: v.label for n, v in variants(cfg.common_word).items()})
+    kept = {"figures": result["figures"], "grid": subject_grid(result["samples"], labels),
+            **{k: result[k] for k in KEPT}}
     with files.atomic_path(folder / "grid.png") as tmp:
         kept["grid"].save(tmp, format="PNG")
-    files.write_json(folder / "result.json", {"key": result_key(cfg), **{k: kept[k] for k in ("seconds", "real_self",
-                                              "output_mib")}, "figures": {n: dataclasses.asdict(f) for n, f
-                                                                         in kept["figures"].items()}})
+    figures = {n: dataclasses.asdict(f) for n, f in kept["figures"].items()}
+    files.write_json(folder / "result.json", {"key": result_key(cfg), "figures": figures,
+                                              **{k: kept[k] for k in KEPT}})
     return kept
 
 
@@ -239,7 +243,7 @@ def saved_result(cfg: SuiteConfig, name: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return {"figures": {n: Figures(**f) for n, f in record["figures"].items()}, "grid": grid,
-            **{k: record[k] for k in ("seconds", "real_self", "output_mib")}}
+            **{k: record[k] for k in KEPT}}
 
 
 def _subject_worker(cfg: SuiteConfig, name: str) -> dict:
