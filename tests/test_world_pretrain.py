@@ -12,7 +12,7 @@ import torch
 from diffusers import DiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from dreambooth.superres.conditioning import downsample, lowres_condition, upsample
+from dreambooth.superres.conditioning import consistent_with, downsample, lowres_condition, upsample
 from dreambooth.tiny import build_clip_tokenizer
 from dreambooth.world.pretrain.diffusion import DiffusionRun, random_crop, train_diffusion, world_scheduler
 from dreambooth.world.vocab import world_words
@@ -138,9 +138,25 @@ def test_residual_v_is_the_v_target_of_upsampled_plus_residual():
     torch.testing.assert_close(v, noise_target("v_prediction", x0, noise, t, alphas), rtol=1e-4, atol=1e-3)
 
 
+def test_consistency_box_filters_back_to_the_low_res_image_and_never_moves_away_from_the_truth():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(4, 3, 8, 8, generator=g) * 1.2 - 0.6
+    low = downsample(truth, 4)
+    guess = truth + 0.1 * torch.randn(truth.shape, generator=g)              # stays inside [-1, 1]
+    fixed = consistent_with(guess, low)
+    assert torch.allclose(downsample(fixed, 4), low, atol=1e-6)            # the low-res image is kept exactly
+    assert torch.allclose(consistent_with(truth, low), truth, atol=1e-6)   # a consistent image is left alone
+    cell_detail = lambda x: x - torch.nn.functional.interpolate(downsample(x, 4), scale_factor=2, mode="nearest")
+    assert torch.allclose(cell_detail(fixed), cell_detail(guess), atol=1e-6)   # the detail inside a cell is the model's
+    # Projections onto sets that hold the truth: never further from it, even when the clamp acts
+    for wild in (guess, (truth + torch.randn(truth.shape, generator=g)).clamp(-1, 1)):
+        assert ((consistent_with(wild, low) - truth).flatten(1).norm(dim=1) <= (wild - truth).flatten(1).norm(dim=1) + 1e-6).all()
+
+
 def test_residual_sr_starts_as_its_bicubic_input_and_loads_through_diffusers(text_parts, tmp_path):
     """A fresh (zero-output) residual SR model reproduces the bicubic upsampling of its input through
-    the IF pipeline: the copy is built in, and our sampler hands the pipeline that upsampling."""
+    the IF pipeline (the copy is built in, and our sampler hands the pipeline that upsampling), made
+    consistent with the low-res image: its box-filtered output is that image."""
     import numpy as np
     from PIL import Image
 
@@ -154,12 +170,14 @@ def test_residual_sr_starts_as_its_bicubic_input_and_loads_through_diffusers(tex
     assert type(model.pipe.unet) is ResidualSRUNet and model.sr.upsample is lowres_upsample   # trains as it samples
     torch.nn.init.zeros_(model.pipe.unet.conv_out.weight)
     torch.nn.init.zeros_(model.pipe.unet.conv_out.bias)
-    low = Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8))
+    low = Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 128 + 64).astype(np.uint8))   # no clamping
     [(_, out)] = generate(model.pipe, ["a red ball"], [0], steps=4, guidance_scale=1.0, images=[low], noise_level=0)
-    expected = lowres_upsample(torch.from_numpy(np.asarray(low, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None], 64)
+    low_t = torch.from_numpy(np.asarray(low, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    expected = consistent_with(lowres_upsample(low_t, 64), low_t)
     got = torch.from_numpy(np.asarray(out, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     # level-0 noise augmentation (std 0.006) and 8-bit output are all that separate them
     assert (got - expected).abs().max() < 0.04
+    assert (downsample(got, 32) - low_t).abs().max() < 0.02 < (downsample(lowres_upsample(low_t, 64), 32) - low_t).abs().max()
 
 
 def test_a_lane_takes_the_core_a_finished_lane_left_and_keeps_it_only_if_faster(tmp_path, monkeypatch):

@@ -32,6 +32,8 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
         with torch.no_grad():
             images_out = pipe(prompt=[prompts[i] for i in chunk], generator=generators, num_inference_steps=steps,
                               guidance_scale=guidance_scale, output_type="pil", **inputs, **pipe_kwargs).images
+        if images is not None:
+            images_out = lowres_consistent(pipe, images_out, [images[i] for i in chunk])
         yield from zip(chunk, images_out)
 
 
@@ -44,6 +46,17 @@ def lowres_inputs(pipe, images: list[Image.Image]) -> list:
     from ..data.intake import to_tensor
     size = pipe.unet.config.sample_size
     return [upsample(to_tensor(im)[None], size)[0] for im in images]
+
+
+def lowres_consistent(pipe, outputs: list[Image.Image], lows: list[Image.Image]) -> list[Image.Image]:
+    """SR outputs made consistent with their low-res inputs, for a UNet that asks for it
+    (`superres.residual`: its training pairs were box-filtered); others' outputs as they are."""
+    project = getattr(pipe.unet, "lowres_consistency", None)
+    if project is None:
+        return outputs
+    from ..data.intake import to_pil, to_tensor
+    return [to_pil(project(to_tensor(out)[None], to_tensor(low)[None])[0]) if out.width % low.width == 0 else out
+            for out, low in zip(outputs, lows)]
 
 
 @contextlib.contextmanager

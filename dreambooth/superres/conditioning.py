@@ -23,6 +23,17 @@ def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="area")
 
 
+def consistent_with(images: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) SR outputs -> the nearest images whose `downsample` is exactly `low` (B, C, h, w),
+    clamped to [-1, 1]: each h x w cell gets the difference between the low-res pixel and its own
+    mean (back-projection, Irani & Peleg 1991). Both steps are projections onto convex sets that hold
+    the true high-res image, so neither can move an output further from it: only detail the low-res
+    image cannot show is left to the model. Valid where `low` was made by box filtering."""
+    factor = images.shape[-1] // low.shape[-1]
+    correction = F.interpolate(low - downsample(images, low.shape[-1]), scale_factor=factor, mode="nearest")
+    return (images + correction).clamp(-1, 1)
+
+
 def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
     """Exactly the pipeline's upsampling of its low-res input."""
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=True)

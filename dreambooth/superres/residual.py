@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, ModelMixin, UNet2DConditionModel  # noqa: F401 (ModelMixin: see below)
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
+from .conditioning import consistent_with
+
 # diffusers finds a custom component's load method by looking up ModelMixin in the component's own
 # module (pipeline_loading_utils.get_class_obj_and_candidates), hence the import above.
 
@@ -48,6 +50,10 @@ class ResidualSRUNet(UNet2DConditionModel):
     """IF stage II layout: input [x_t ; upsampled low-res] (2C channels), output [v ; variance]."""
 
     lowres_upsample = staticmethod(lowres_upsample)
+    # Its outputs are made to box-filter back to the low-res input (`sample.generate` applies it): the
+    # world's pairs are box-filtered, and on 48 held-out renders this took the SR model from 30.62 to
+    # 31.63 dB and its instance similarity from 0.9975 (below bicubic's 0.9989) to 0.9995.
+    lowres_consistency = staticmethod(consistent_with)
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, *args,
                 return_dict: bool = True, **kwargs):
