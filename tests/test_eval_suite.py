@@ -170,3 +170,15 @@ def test_shipped_micro_clip_reads_prompts_with_the_worlds_tokenizer(tmp_path):
         (lone / f.name).symlink_to(f)
     with pytest.raises(EncoderUnavailable, match="no tokenizer"):
         load_clip(str(lone))
+
+
+def test_side_by_side_subjects_of_one_class_run_apart_so_the_second_finds_the_class_images():
+    from dreambooth.eval.suite import classes_apart
+    from dreambooth.world.subjects import SUBJECTS, get_subject
+
+    order = classes_apart(list(SUBJECTS))
+    assert sorted(order) == sorted(SUBJECTS)
+    classes = [get_subject(n).cls for n in order]
+    assert all(a != b for a, b in zip(classes, classes[1:]))      # two workers never start one class together
+    assert classes[:6] == ["ball", "box", "star", "pyramid", "ring", "can"]
+    assert classes_apart(["striped_ball", "dotted_ball"]) == ["striped_ball", "dotted_ball"]

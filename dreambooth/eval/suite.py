@@ -259,6 +259,17 @@ def _subject_worker(cfg: SuiteConfig, name: str) -> dict:
     return finish_subject(cfg, name, result)
 
 
+def classes_apart(names: list[str]) -> list[str]:
+    """Subjects reordered so that those of one class come as far apart as possible (the first of every
+    class, then the second...). Subjects of a class share their class images: side by side, two workers
+    would both draw them; one after the other, the second finds them cached."""
+    by_class: dict[str, list[str]] = {}
+    for name in names:
+        by_class.setdefault(get_subject(name).cls, []).append(name)
+    rounds = max(len(group) for group in by_class.values())
+    return [group[i] for i in range(rounds) for group in by_class.values() if i < len(group)]
+
+
 def run_suite(cfg: SuiteConfig, command: str = "", log=print) -> Path:
     """Every subject through every variant; writes OUT/metrics.json, OUT/report.md and pictures.
     Subjects already done with the same settings (OUT/<subject>/result.json) are reused, not rerun."""
@@ -273,7 +284,7 @@ def run_suite(cfg: SuiteConfig, command: str = "", log=print) -> Path:
         import multiprocessing
         log(f"{len(todo)} subjects, {cfg.jobs} at a time")
         with multiprocessing.get_context("spawn").Pool(cfg.jobs) as pool:
-            jobs = {name: pool.apply_async(_subject_worker, (cfg, name)) for name in todo}
+            jobs = {name: pool.apply_async(_subject_worker, (cfg, name)) for name in classes_apart(todo)}
             results.update({name: job.get() for name, job in jobs.items()})
     elif todo:
         encoders = resolve_encoders(str(cfg.world_dir / "clip"), str(cfg.world_dir / "instance"))

@@ -122,9 +122,9 @@ def to_64_grid(rows: list[torch.Tensor]) -> torch.Tensor:
 
 def run_gates(models: Path, out: Path, *, prompts: int = 72, sr_images: int = 48, steps: int = 25, sr_steps: int = 4,
               sr_noise_level: int = 0) -> dict:
-    """sr_steps / sr_noise_level: the SR model's best measured setting (docs/microworld.md): 4 steps at noise
+    """Every gate of docs/microworld.md -> OUT/gates.json, OUT/base_samples.png, OUT/sr_vs_bicubic.png.
+    sr_steps / sr_noise_level: the SR model's best measured setting (docs/microworld.md): 4 steps at noise
     level 0 beat 10 and 25 steps, and level 50, on held-out renders."""
-    """Every gate of docs/microworld.md -> OUT/gates.json, OUT/base_samples.png, OUT/sr_vs_bicubic.png."""
     import json
 
     from ..core.sample import make_grid
