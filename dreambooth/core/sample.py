@@ -55,8 +55,10 @@ def lowres_consistent(pipe, outputs: list[Image.Image], lows: list[Image.Image])
     if project is None:
         return outputs
     from ..data.intake import to_pil, to_tensor
-    return [to_pil(project(to_tensor(out)[None], to_tensor(low)[None])[0]) if out.width % low.width == 0 else out
-            for out, low in zip(outputs, lows)]
+    # only an input smaller by a whole factor is one the output can box-filter back to
+    fits = [out.width > low.width and out.width % low.width == 0 for out, low in zip(outputs, lows)]
+    return [to_pil(project(to_tensor(out)[None], to_tensor(low)[None])[0]) if ok else out
+            for out, low, ok in zip(outputs, lows, fits)]
 
 
 @contextlib.contextmanager
