@@ -46,7 +46,12 @@ def test_suite_runs_every_comparison(world, tmp_path):
     assert per_prompt["no_identifier"][0]["prompt"] == "a ball in the jungle"
     identifier = json.loads((out / "striped_ball" / "models" / "dreambooth" / "identifier.json").read_text())
     assert per_prompt["base"][0]["prompt"] == f"a {identifier['identifier']} ball in the jungle"
-    assert len(record["targets"]) == 4 and record["wall_seconds"] > 0     # DINO, CLIP-T, context read, DIV
+    # DINO, CLIP-T, context read, DIV, and step (b)'s detail on known inputs
+    assert len(record["targets"]) == 5 and record["wall_seconds"] > 0
+    detail = record["step_b_detail"]["subjects"]["striped_ball"]
+    assert set(detail) == {"bicubic", "untouched", "finetuned"}
+    assert all(5 < d["psnr"] < 100 and -1 <= d["dino"] <= 1 + 1e-6 for d in detail.values())
+    assert "Detail on known inputs" in (out / "report.md").read_text()
     # the world's prompts name contexts, and micro-CLIP reads them: a share for every row
     assert all(0 <= f["context_read"] <= 1 for f in figures.values())
     # every row rendered base -> SR at 64 px: the untouched world SR, except step (b)'s own
@@ -182,3 +187,33 @@ def test_side_by_side_subjects_of_one_class_run_apart_so_the_second_finds_the_cl
     assert all(a != b for a, b in zip(classes, classes[1:]))      # two workers never start one class together
     assert classes[:6] == ["ball", "box", "star", "pyramid", "ring", "can"]
     assert classes_apart(["striped_ball", "dotted_ball"]) == ["striped_ball", "dotted_ball"]
+
+
+def test_detail_scores_reward_the_true_image_and_count_subjects_where_step_b_helped():
+    from PIL import Image, ImageFilter
+
+    from dreambooth.eval.detail import detail_scores
+    from dreambooth.eval.encoders import resolve_encoders
+    from dreambooth.eval.suite_report import detail_summary, detail_target
+    from dreambooth.world.defaults import MODELS
+    from dreambooth.world.render import render
+    from dreambooth.world.subjects import get_subject, ideal_scene
+
+    dino = resolve_encoders(str(MODELS / "clip"), str(MODELS / "instance")).dino
+    s = get_subject("striped_ball")
+    truth = [Image.fromarray(render(ideal_scene(s, "a [V] ball in the snow", seed=i))) for i in range(2)]
+    blurred = [im.filter(ImageFilter.GaussianBlur(1.5)) for im in truth]
+    same, blur = detail_scores(truth, truth, dino), detail_scores(blurred, truth, dino)
+    assert same["dino"] > 0.9999 and same["psnr"] > 90                      # exact copies: a clamped MSE of 0
+    assert blur["psnr"] < 35 and blur["dino"] < same["dino"]
+
+    def scores(untouched, finetuned):
+        return {"detail": {"bicubic": {"psnr": 20.0, "dino": 0.5}, "untouched": untouched, "finetuned": finetuned}}
+    summary = detail_summary({"a": scores({"psnr": 30.0, "dino": 0.9}, {"psnr": 29.0, "dino": 0.95}),
+                              "b": scores({"psnr": 30.0, "dino": 0.9}, {"psnr": 31.0, "dino": 0.85}),
+                              "c": scores({"psnr": 30.0, "dino": 0.9}, {"psnr": 31.0, "dino": 0.91}),
+                              "d": {"detail": {}}})                     # no SR: not counted
+    assert summary["finetuned_better"] == {"psnr": ["b", "c"], "dino": ["a", "c"]}
+    assert abs(summary["mean"]["finetuned"]["dino"] - (0.95 + 0.85 + 0.91) / 3) < 1e-9
+    assert detail_target(summary)[0][1:4] == [2, 3, 2 / 3] and detail_target(summary)[0][-1] == "yes"
+    assert detail_summary({"d": {"detail": {}}}) is None and detail_target(None) == []

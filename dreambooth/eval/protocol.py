@@ -152,8 +152,6 @@ def sample_model(model: str | Path, templates: tuple[str, ...], *, identifier: s
                  sr_model: str | None = None) -> Samples:
     """Generate the protocol's images for one model (and its class-prompt samples when asked).
     sr_model: None = settings.sr_model (default MODEL/sr/ when present), 'none', or an SR folder."""
-    import inspect
-
     import torch
 
     from ..core.generate import find_sr_model, open_model, render
@@ -167,20 +165,27 @@ def sample_model(model: str | Path, templates: tuple[str, ...], *, identifier: s
     # one stream for both sets: batches stay full; one seed per image, so batching changes no pixel
     todo = [p for p in prompts for _ in range(k)] + [class_prompt or ""] * len(class_seeds)
     sr_path = find_sr_model(str(model), sr_model or settings.sr_model)
-    common = dict(scheduler=settings.scheduler, batch_size=settings.batch_size)
     base, _ = open_model(str(model))
     drawn = render(base, todo, seeds + class_seeds, steps=settings.steps, guidance_scale=settings.guidance_scale,
-                   **common)
+                   scheduler=settings.scheduler, batch_size=settings.batch_size)
     del base                                 # one pipeline in memory at a time
     if sr_path:
-        sr, _ = open_model(sr_path)
-        guidance = inspect.signature(sr.pipe.__call__).parameters["guidance_scale"].default   # the SR's own
-        drawn = render(sr, todo, seeds + class_seeds, steps=settings.sr_steps or settings.steps,
-                       guidance_scale=guidance, images=drawn, **common)
-        del sr
+        drawn = upscale(sr_path, todo, seeds + class_seeds, drawn, settings)
     if torch.cuda.is_available():            # the next model (--base-model) should not sit beside this one
         gc.collect()
         torch.cuda.empty_cache()
     index = [p for p in range(len(prompts)) for _ in range(k)]
     return Samples(label, str(model), prompts, texts, drawn[:len(seeds)], index, seeds, class_prompt,
                    drawn[len(seeds):], class_seeds, round(time.time() - start, 1), sr_path)
+
+
+def upscale(sr_path: str, prompts: list[str], seeds: list[int], images: list[Image.Image],
+            settings: Settings) -> list[Image.Image]:
+    """Low-res images through an SR model, as the protocol samples every cascade: the SR's own guidance."""
+    import inspect
+
+    from ..core.generate import open_model, render
+    sr, _ = open_model(sr_path)
+    guidance = inspect.signature(sr.pipe.__call__).parameters["guidance_scale"].default
+    return render(sr, prompts, seeds, steps=settings.sr_steps or settings.steps, guidance_scale=guidance,
+                  images=images, scheduler=settings.scheduler, batch_size=settings.batch_size)

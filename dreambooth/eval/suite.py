@@ -30,6 +30,7 @@ from ..core.generate import read_identifier
 from ..world.render import render
 from ..world.defaults import PRESET, apply_preset
 from ..world.subjects import SUBJECTS, Subject, get_subject, ideal_scene, write_photos
+from .detail import detail_fidelity
 from .encoders import WORLD_MODELS, resolve_encoders
 from .protocol import Samples, Settings, fill, prompt_templates, sample_model
 from .score import Figures, embed_reference, embed_samples, score
@@ -159,6 +160,7 @@ def run_subject(cfg: SuiteConfig, subject: Subject, encoders, log) -> dict:
     sizes: dict[str, float] = {}
     untouched_sr = str(cfg.sr_folder() or "none")
     models: dict[str, Path] = {}
+    sr_models: dict[str, str] = {}
     ids: dict[str, str] = {}
     for name in [n for n in table if n in cfg.variants]:      # canonical order: step (b) after 'dreambooth'
         v = table[name]
@@ -175,6 +177,7 @@ def run_subject(cfg: SuiteConfig, subject: Subject, encoders, log) -> dict:
             models[name] = train(train_job(cfg, subject, photos, v, folder / "models" / name))
             sr_model, ids[name] = untouched_sr, "" if v.identifier == "" else read_identifier(models[name]) or ""
         seconds[f"train/{name}"] = round(time.time() - start, 1)
+        sr_models[name] = sr_model
         sizes[name] = weights_mib(Path(job.output.output_dir) if v.sr else models[name])
         samples[name] = sample_model(models[name], templates, identifier=ids[name], class_name=subject.cls,
                                      class_prompt=class_prompt, settings=cfg.settings, label=v.label,
@@ -189,8 +192,17 @@ def run_subject(cfg: SuiteConfig, subject: Subject, encoders, log) -> dict:
     figures = {name: score(s, real, encoders, ideal=samples[IDEAL], embedded=embed_samples(s, encoders))
                for name, s in samples.items()}
     seconds.update({f"sample/{n}": s.seconds for n, s in samples.items()})
+    detail = {}
+    if "sr_finetuned" in samples:       # step (b) on known low-res inputs, where the base's noise cannot hide it
+        start = time.time()
+        finetuned = samples["sr_finetuned"]
+        base_size = json.loads((cfg.world_dir / "base" / "unet" / "config.json").read_text())["sample_size"]
+        detail = detail_fidelity(samples[IDEAL], [finetuned.prompts[p] for p in samples[IDEAL].prompt_index],
+                                 base_size, {"untouched": untouched_sr, "finetuned": sr_models["sr_finetuned"]},
+                                 encoders.dino, cfg.settings)
+        seconds["detail"] = round(time.time() - start, 1)
     return {"figures": figures, "samples": samples, "seconds": seconds, "real_self": real.self_similarity(),
-            "output_mib": sizes}
+            "output_mib": sizes, "detail": detail}
 
 
 def weights_mib(folder: Path) -> float:
@@ -213,7 +225,7 @@ def result_key(cfg: SuiteConfig) -> dict:
             "world": hashlib.sha256(json.dumps(weights).encode()).hexdigest()[:16]}
 
 
-KEPT = ("seconds", "real_self", "output_mib")            # beside the figures and the grid
+KEPT = ("seconds", "real_self", "output_mib", "detail")  # beside the figures and the grid
 
 
 def finish_subject(cfg: SuiteConfig, name: str, result: dict) -> dict:
@@ -243,7 +255,7 @@ def saved_result(cfg: SuiteConfig, name: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return {"figures": {n: Figures(**f) for n, f in record["figures"].items()}, "grid": grid,
-            **{k: record[k] for k in KEPT}}
+            **{k: record.get(k, {}) for k in KEPT}}            # results kept before 'detail' existed
 
 
 def _subject_worker(cfg: SuiteConfig, name: str) -> dict:
