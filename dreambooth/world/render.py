@@ -57,13 +57,18 @@ def random_pattern(rng: random.Random) -> Pattern:
                    mark_color=rng.choice(PATTERN_COLORS))
 
 
+ROTATION = 0.15                  # radians, either way
+
+
 def random_pose(scene: Scene, rng: random.Random) -> Scene:
     """Same object and context, new position, size, orientation, light and background details.
 
     Objects span about half the image (radius 0.22-0.30): at the base model's 32 px a smaller one
-    is a ~10-px blob whose shape neither the base model nor a judge can read reliably."""
+    is a ~10-px blob whose shape neither the base model nor a judge can read reliably. They turn by
+    at most ROTATION: +-0.6 rad (34 deg) swept a box through most of its 90-deg symmetry period and a
+    star through nearly all of its 72, and the base drew both as round blobs (docs/microworld.md)."""
     return replace(scene, x=rng.uniform(0.38, 0.62), y=rng.uniform(0.45, 0.62), scale=rng.uniform(0.22, 0.30),
-                   rotation=rng.uniform(-0.6, 0.6), light=rng.uniform(0, 2 * math.pi), bg_seed=rng.randrange(1 << 30))
+                   rotation=rng.uniform(-ROTATION, ROTATION), light=rng.uniform(0, 2 * math.pi), bg_seed=rng.randrange(1 << 30))
 
 
 def render(scene: Scene, size: int = SIZE) -> np.ndarray:
