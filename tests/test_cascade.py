@@ -159,3 +159,25 @@ def test_sr_prior_uses_large_class_images_as_they_are(capsys, tiny_if_sr32, phot
     assert f"2 class images in {classes} (2 found, 0 to generate)" in capsys.readouterr().out
     assert read_yaml(out / "dreambooth.yaml")["prior"]["class_data_dir"] == str(classes)
     assert sorted(p.name for p in classes.iterdir()) == ["c0.png", "c1.png"]
+
+
+def test_sr_folder_recommends_its_sampling_and_flags_override_it(cascade, world, tmp_path):
+    import json
+    import shutil
+
+    from dreambooth.core.generate import open_model, sr_sampling
+    from dreambooth.errors import DreamboothError
+    # the fine-tuned SR (step b) keeps the low-res size it was trained at for the next reader
+    assert json.loads((cascade / "sr" / "dreambooth_sr.json").read_text()) == {"lowres_resolution": 32}
+    sr, _ = open_model(str(world[1]))
+    assert sr_sampling(sr, "sr", steps=None, noise_level=None, guidance_scale=None, fallback_steps=7) == \
+        {"steps": 7, "guidance_scale": 4.0}                        # no recommendation: IF stage II's own guidance
+    folder = shutil.copytree(world[1], tmp_path / "sr")
+    recommended = {"steps": 3, "noise_level": 0, "guidance_scale": 1.0}
+    (folder / "dreambooth_sr.json").write_text(json.dumps({"lowres_resolution": 32, "sampling": recommended}))
+    sr, _ = open_model(str(folder))
+    assert sr_sampling(sr, "sr", steps=None, noise_level=None, guidance_scale=None, fallback_steps=7) == recommended
+    assert sr_sampling(sr, "sr", steps=5, noise_level=20, guidance_scale=2.0, fallback_steps=7) == \
+        {"steps": 5, "noise_level": 20, "guidance_scale": 2.0}
+    with pytest.raises(DreamboothError, match="--sr-noise-level must be in"):
+        sr_sampling(sr, "sr", steps=None, noise_level=10_000, guidance_scale=None, fallback_steps=7)

@@ -217,3 +217,16 @@ def test_detail_scores_reward_the_true_image_and_count_subjects_where_step_b_hel
     assert abs(summary["mean"]["finetuned"]["dino"] - (0.95 + 0.85 + 0.91) / 3) < 1e-9
     assert detail_target(summary)[0][1:4] == [2, 3, 2 / 3] and detail_target(summary)[0][-1] == "yes"
     assert detail_summary({"d": {"detail": {}}}) is None and detail_target(None) == []
+
+
+def test_a_cascade_row_can_reuse_another_rows_base_images(world):
+    """Step (b)'s row shares step (a)'s model and seeds: only its SR stage is drawn, to the same pixels."""
+    from dreambooth.eval.protocol import sample_model
+    kw = dict(identifier="sks", class_name="ball", class_prompt="a photo of ball", label="x",
+              settings=Settings(prompt_list="world", steps=1, images_per_prompt=1, class_images=2),
+              sr_model=str(world / "sr"))
+    first = sample_model(world / "base", world_prompts()[:2], **kw)
+    assert [im.size for im in first.low_res] == [(32, 32)] * 4 and first.images[0].size == (64, 64)
+    again = sample_model(world / "no-such-base", world_prompts()[:2], low_res=first.low_res, **kw)   # base not opened
+    assert [im.tobytes() for im in again.images + again.class_images] == \
+        [im.tobytes() for im in first.images + first.class_images]

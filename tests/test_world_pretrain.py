@@ -14,6 +14,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dreambooth.superres.conditioning import consistent_with, downsample, lowres_condition, upsample
 from dreambooth.tiny import build_clip_tokenizer
+from dreambooth.world.defaults import MODELS
 from dreambooth.world.pretrain.diffusion import DiffusionRun, random_crop, train_diffusion, world_scheduler
 from dreambooth.world.vocab import world_words
 
@@ -100,6 +101,9 @@ def test_pretrain_command_builds_every_stage_and_resumes_as_a_no_op(tmp_path):
                            ("clip", "model.safetensors"), ("instance", "model.safetensors"),
                            ("base", "model_index.json"), ("sr", "model_index.json")):
         assert (out / folder / marker).exists(), folder
+    from dreambooth.world.pretrain.diffusion import SR_SAMPLING    # the SR's measured sampling, as shipped
+    assert json.loads((out / "sr" / "dreambooth_sr.json").read_text())["sampling"] == SR_SAMPLING == \
+        json.loads((MODELS / "sr" / "dreambooth_sr.json").read_text())["sampling"]
     # finished encoder stages drop their checkpoints; the diffusion ones keep theirs (constant lr after warm-up:
     # rerunning with more steps continues them)
     assert {p.parent.name for p in out.glob(".*-ckpt/checkpoint-*")} == {".base-ckpt", ".sr-ckpt"}

@@ -118,12 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="super-resolution pipeline for base -> SR (default: MODEL/sr/ when it exists)")
     gen.add_argument("--no-sr", dest="sr_model", action="store_const", const="none", help="base model only")
     gen.add_argument("--sr-steps", "--sr_steps", type=at_least(1), default=None,
-                     help="SR sampler steps (default: --steps)")
+                     help="SR sampler steps (default: the SR folder's dreambooth_sr.json, 4 for the micro "
+                          "world's SR; else --steps)")
     gen.add_argument("--sr-guidance-scale", "--sr_guidance_scale", type=at_least(0, float), default=None,
-                     help="SR classifier-free guidance (default: the SR pipeline's own, 4.0 for IF stage II)")
+                     help="SR classifier-free guidance (default: the SR folder's dreambooth_sr.json, 1.0 for the "
+                          "micro world's SR; else the SR pipeline's own, 4.0 for IF stage II)")
     gen.add_argument("--sr-noise-level", "--sr_noise_level", type=int, default=None,
-                     help="noise augmentation of the SR's low-res input (default: the SR pipeline's own, 250 "
-                          "for IF stage II, 20 for the x4 upscaler)")
+                     help="noise augmentation of the SR's low-res input (default: the SR folder's dreambooth_sr.json, "
+                          "0 for the micro world's SR; else the SR pipeline's own, 250 for IF stage II, 20 for the "
+                          "x4 upscaler)")
     gen.add_argument("--lora", default=None, help="a LoRA to load into the base model: the output folder of "
                      "`dreambooth train --lora`, or one .safetensors file in diffusers' or kohya's layout")
     gen.add_argument("--lora-scale", "--lora_scale", type=at_least(0, float), default=1.0,

@@ -60,18 +60,27 @@ def generate_grid(model_path: str, prompts: list[str], *, n: int, out: Path, see
     del base   # one pipeline in memory at a time
     if sr_path:
         sr, sr_identifier = open_model(sr_path, None, sr_lora, lora_scale)
-        kwargs = {}
-        if sr_noise_level is not None:
-            if not 0 <= sr_noise_level < sr.sr.max_level:
-                raise DreamboothError(f"--sr-noise-level must be in [0, {sr.sr.max_level}) for {sr_path}; "
-                                      f"got {sr_noise_level}.")
-            kwargs["noise_level"] = sr_noise_level
-        if sr_guidance_scale is None:   # the SR pipeline's own default (IF stage II 4.0, x4 upscaler 9.0)
-            sr_guidance_scale = inspect.signature(sr.pipe.__call__).parameters["guidance_scale"].default
         stages["sr"] = render(sr, fill_prompts(flat, sr_identifier or identifier, sr_path), all_seeds,
-                              steps=sr_steps or steps, guidance_scale=sr_guidance_scale, scheduler=scheduler,
-                              batch_size=len(seeds), images=stages["base"], desc="super-resolution", **kwargs)
+                              scheduler=scheduler, batch_size=len(seeds), images=stages["base"], desc="super-resolution",
+                              **sr_sampling(sr, sr_path, steps=sr_steps, noise_level=sr_noise_level,
+                                            guidance_scale=sr_guidance_scale, fallback_steps=steps))
     return save_images(stages, [(j, s) for j in range(len(prompts)) for s in seeds], out, cols=len(seeds))
+
+
+def sr_sampling(sr: Model, sr_path: str, *, steps: int | None, noise_level: int | None,
+                guidance_scale: float | None, fallback_steps: int) -> dict:
+    """An SR stage's sampler settings: the flags given, else what the model folder recommends
+    (dreambooth_sr.json's "sampling"), else the pipeline's own defaults (IF stage II: noise level 250,
+    guidance 4; x4 upscaler: 20, 9) and the base stage's step count."""
+    hinted = sr.sr.sampling
+    level = noise_level if noise_level is not None else hinted.get("noise_level")
+    if level is not None and not 0 <= level < sr.sr.max_level:
+        raise DreamboothError(f"--sr-noise-level must be in [0, {sr.sr.max_level}) for {sr_path}; got {level}.")
+    if guidance_scale is None:
+        guidance_scale = hinted.get("guidance_scale",
+                                    inspect.signature(sr.pipe.__call__).parameters["guidance_scale"].default)
+    return {"steps": steps or hinted.get("steps") or fallback_steps, "guidance_scale": guidance_scale,
+            **({} if level is None else {"noise_level": level})}
 
 
 def open_model(path: str, resolution: int | None = None, lora: str | None = None, lora_scale: float = 1.0,

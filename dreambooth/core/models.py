@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +22,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline
 
 from ..config import ModelConfig
 from ..errors import DreamboothError
+from ..export.names import SR_HINT
 from ..superres import residual  # noqa: F401 (registers ResidualSRUNet: diffusers loads it from sys.modules)
 from .model_folder import is_super_resolution, locate, read_model_index, require_safetensors  # noqa: F401 (re-exported)
 
@@ -236,6 +237,14 @@ class SuperResolution:
     max_level: int                   # augmentation levels are drawn from [0, max_level)
     fixed_level: int | None          # or always this level
     upsample: Callable | None = None   # the model's own upsampling of its low-res input (None: the IF pipeline's)
+    # Sampling its maker measured best ({"steps", "noise_level", "guidance_scale"}, any subset), from
+    # dreambooth_sr.json: the world's SR is sharpest at 4 steps from an un-noised input, while the IF
+    # pipeline's defaults (noise level 250, guidance 4) suit DeepFloyd's stage II. Flags override it.
+    sampling: dict = field(default_factory=dict)
+
+    def hint(self) -> dict:
+        """dreambooth_sr.json's content: written beside every SR pipeline this tool saves."""
+        return {"lowres_resolution": self.lowres, **({"sampling": self.sampling} if self.sampling else {})}
 
     def condition(self, x_t: Tensor, low: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """-> ([x_t ; upsampled noised low-res] along channels, level per sample)."""
@@ -256,14 +265,15 @@ def _super_resolution(pipe, cfg: ModelConfig, resolution: int) -> SuperResolutio
     noising = getattr(pipe, "image_noising_scheduler", None) or getattr(pipe, "low_res_scheduler", None)
     if noising is None:
         return None
-    hint = Path(cfg.pretrained_model_name_or_path) / "dreambooth_sr.json"   # written by our own SR models
+    hint = Path(cfg.pretrained_model_name_or_path) / SR_HINT   # written by our own SR models
     latent = getattr(pipe, "vae", None) is not None
-    default_low = json.loads(hint.read_text())["lowres_resolution"] if hint.exists() else resolution // 4
+    hinted = json.loads(hint.read_text()) if hint.exists() else {}
+    default_low = hinted.get("lowres_resolution", resolution // 4)
     # The x4 upscaler's low-res image sits at latent size; IF stage II upsamples it to the output size.
     max_level = getattr(pipe.config, "max_noise_level", None) or noising.config.num_train_timesteps
     return SuperResolution(lowres=default_low if not latent else resolution // pipe.vae_scale_factor,
                            noising_alphas=noising.alphas_cumprod, max_level=int(max_level), fixed_level=None,
-                           upsample=getattr(pipe.unet, "lowres_upsample", None))
+                           upsample=getattr(pipe.unet, "lowres_upsample", None), sampling=hinted.get("sampling", {}))
 
 
 def tokenize(tokenizer, prompts: list[str], max_length: int | None = None) -> tuple[Tensor, Tensor]:

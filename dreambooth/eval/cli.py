@@ -51,7 +51,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                     help="super-resolution pipeline for base -> SR (default: MODEL/sr/ when it exists)")
     ev.add_argument("--no-sr", dest="sr_model", action="store_const", const="none", help="base model only")
     ev.add_argument("--sr-steps", "--sr_steps", dest="sr_steps", type=int, default=None,
-                    help="SR sampler steps (default: --steps)")
+                    help="SR sampler steps (default: the SR folder's dreambooth_sr.json, 4 for the micro world's "
+                         "SR; else --steps). Noise level and guidance come from there too, else the pipeline's")
     ev.add_argument("--base-sr-model", "--base_sr_model", dest="base_sr_model", default=None,
                     help="SR pipeline for the --base-model row (default: BASE_MODEL/sr/ when it exists), e.g. the "
                          "untouched SR model beside a fine-tuned cascade")

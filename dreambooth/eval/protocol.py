@@ -126,6 +126,7 @@ class Samples:
     class_seeds: list[int] = field(default_factory=list)
     seconds: float = 0.0
     sr_model: str | None = None              # the SR stage the images went through, if any
+    low_res: list[Image.Image] = field(default_factory=list)   # a cascade's base-stage images (all, in draw order)
 
 
 def read_class_prompt(model: str | Path, class_name: str) -> str:
@@ -149,9 +150,11 @@ def model_identifier(model: str | Path, given: str | None) -> str:
 
 def sample_model(model: str | Path, templates: tuple[str, ...], *, identifier: str, class_name: str,
                  class_prompt: str | None, settings: Settings, label: str,
-                 sr_model: str | None = None) -> Samples:
+                 sr_model: str | None = None, low_res: list[Image.Image] | None = None) -> Samples:
     """Generate the protocol's images for one model (and its class-prompt samples when asked).
-    sr_model: None = settings.sr_model (default MODEL/sr/ when present), 'none', or an SR folder."""
+    sr_model: None = settings.sr_model (default MODEL/sr/ when present), 'none', or an SR folder.
+    low_res: the base stage's images when already drawn (another Samples' `low_res` from the same
+    model, prompts and seeds), so only the SR stage runs."""
     import torch
 
     from ..core.generate import find_sr_model, open_model, render
@@ -165,27 +168,27 @@ def sample_model(model: str | Path, templates: tuple[str, ...], *, identifier: s
     # one stream for both sets: batches stay full; one seed per image, so batching changes no pixel
     todo = [p for p in prompts for _ in range(k)] + [class_prompt or ""] * len(class_seeds)
     sr_path = find_sr_model(str(model), sr_model or settings.sr_model)
-    base, _ = open_model(str(model))
-    drawn = render(base, todo, seeds + class_seeds, steps=settings.steps, guidance_scale=settings.guidance_scale,
-                   scheduler=settings.scheduler, batch_size=settings.batch_size)
-    del base                                 # one pipeline in memory at a time
-    if sr_path:
-        drawn = upscale(sr_path, todo, seeds + class_seeds, drawn, settings)
+    if low_res is None:
+        base, _ = open_model(str(model))
+        low_res = render(base, todo, seeds + class_seeds, steps=settings.steps,
+                         guidance_scale=settings.guidance_scale, scheduler=settings.scheduler,
+                         batch_size=settings.batch_size)
+        del base                             # one pipeline in memory at a time
+    drawn = upscale(sr_path, todo, seeds + class_seeds, low_res, settings) if sr_path else low_res
     if torch.cuda.is_available():            # the next model (--base-model) should not sit beside this one
         gc.collect()
         torch.cuda.empty_cache()
     index = [p for p in range(len(prompts)) for _ in range(k)]
     return Samples(label, str(model), prompts, texts, drawn[:len(seeds)], index, seeds, class_prompt,
-                   drawn[len(seeds):], class_seeds, round(time.time() - start, 1), sr_path)
+                   drawn[len(seeds):], class_seeds, round(time.time() - start, 1), sr_path, low_res)
 
 
 def upscale(sr_path: str, prompts: list[str], seeds: list[int], images: list[Image.Image],
             settings: Settings) -> list[Image.Image]:
-    """Low-res images through an SR model, as the protocol samples every cascade: the SR's own guidance."""
-    import inspect
-
-    from ..core.generate import open_model, render
+    """Low-res images through an SR model, as `dreambooth generate` samples every cascade: the SR folder's
+    recommended sampling (else the pipeline's defaults), --sr-steps over its step count."""
+    from ..core.generate import open_model, render, sr_sampling
     sr, _ = open_model(sr_path)
-    guidance = inspect.signature(sr.pipe.__call__).parameters["guidance_scale"].default
-    return render(sr, prompts, seeds, steps=settings.sr_steps or settings.steps, guidance_scale=guidance,
-                  images=images, scheduler=settings.scheduler, batch_size=settings.batch_size)
+    return render(sr, prompts, seeds, images=images, scheduler=settings.scheduler, batch_size=settings.batch_size,
+                  **sr_sampling(sr, sr_path, steps=settings.sr_steps, noise_level=None, guidance_scale=None,
+                                fallback_steps=settings.steps))

@@ -179,9 +179,10 @@ def run_subject(cfg: SuiteConfig, subject: Subject, encoders, log) -> dict:
         seconds[f"train/{name}"] = round(time.time() - start, 1)
         sr_models[name] = sr_model
         sizes[name] = weights_mib(Path(job.output.output_dir) if v.sr else models[name])
+        # step (b)'s row shares step (a)'s model, prompts and seeds: only its SR stage is drawn again
         samples[name] = sample_model(models[name], templates, identifier=ids[name], class_name=subject.cls,
                                      class_prompt=class_prompt, settings=cfg.settings, label=v.label,
-                                     sr_model=sr_model)
+                                     sr_model=sr_model, low_res=samples["dreambooth"].low_res if v.sr else None)
     # the untouched base model, prompted with the same "[V] class" prompts (paper: no fine-tuning)
     rare = next((ids[n] for n in ("dreambooth", "no_prior") if n in ids), "")
     samples[BASE] = sample_model(cfg.world_dir / "base", templates, identifier=rare,

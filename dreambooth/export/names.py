@@ -14,6 +14,7 @@ INDEX = "model_index.json"                          # a diffusers pipeline folde
 WEIGHTS = "pytorch_lora_weights.safetensors"        # LoRA in diffusers' layout
 KOHYA = "pytorch_lora_weights_kohya.safetensors"    # LoRA in kohya's layout (A1111, ComfyUI)
 SR_SUBDIR = "sr"                                    # step (b)'s output inside step (a)'s
+SR_HINT = "dreambooth_sr.json"                      # an SR pipeline's low-res size and best sampling (ours)
 EXPORT_MARKERS = (INDEX, WEIGHTS)                   # an output folder holding one of these holds an export
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 from ..config import TrainJob
 from ..errors import DreamboothError
 from . import lora as lora_files
-from .names import EXPORT_MARKERS, has_export, single_file_name  # noqa: F401 (re-exported)
+from .names import EXPORT_MARKERS, SR_HINT, has_export, single_file_name  # noqa: F401 (re-exported)
 
 A1111_FAMILIES = ("sd", "sdxl")
 
@@ -56,6 +56,9 @@ def output_bytes(run) -> int:
 
 def save_pipeline(run, folder: Path) -> str:
     run.model.pipe.save_pretrained(folder, safe_serialization=True)
+    if run.model.sr is not None:     # a fine-tuned SR keeps its low-res size and sampling for the next reader
+        import json
+        (Path(folder) / SR_HINT).write_text(json.dumps(run.model.sr.hint()))
     if not run.job.output.output_single_file:
         return "the fine-tuned pipeline"
     from .single_file import save_single_file
