@@ -181,3 +181,12 @@ def test_sr_folder_recommends_its_sampling_and_flags_override_it(cascade, world,
         {"steps": 5, "noise_level": 20, "guidance_scale": 2.0}
     with pytest.raises(DreamboothError, match="--sr-noise-level must be in"):
         sr_sampling(sr, "sr", steps=None, noise_level=10_000, guidance_scale=None, fallback_steps=7)
+    # step (b)'s class pairs are drawn that way too (and cached under that recipe)
+    from accelerate import Accelerator
+
+    from dreambooth.config import load_yaml
+    from dreambooth.core.class_prior import plan_class_prior
+    job = load_yaml(cascade / "sr" / "dreambooth.yaml")
+    plan = plan_class_prior(job, sr, "a photo of dog", Accelerator(cpu=True))
+    assert (plan.steps, plan.guidance_scale, plan.extra) == (3, 1.0, {"noise_level": 0})
+    assert plan.recipe.endswith("/3steps/cfg1.0/noise_level0")

@@ -8,7 +8,7 @@ bypassed, modules in eval mode and not yet in training precision or accelerate's
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
@@ -28,6 +28,9 @@ class ClassPlan:
     images: ClassImageJob
     recipe: str                              # sampler/steps/cfg: part of the cache key and the manifest
     inputs: list[Image.Image] | None = None  # SR: the low-res input of each image the SR model makes
+    steps: int = 25                          # sampler settings of the images to draw
+    guidance_scale: float = 7.5
+    extra: dict = field(default_factory=dict)   # SR: the noise level its folder recommends
 
     def n_views(self, num_class_images: int) -> int:
         """Class views once the missing images exist: one centre crop per image, the first N images."""
@@ -42,15 +45,21 @@ def plan_class_prior(job: TrainJob, model: Model, class_prompt: str | None,
         if p.class_data_dir:
             accelerator.print("note: --class_data_dir is unused without --with_prior_preservation.")
         return None
-    recipe = f"{sampler_name(model.pipe, p.class_scheduler)}/{p.class_inference_steps}steps/cfg{p.class_guidance_scale}"
+    steps, guidance, extra = p.class_inference_steps, p.class_guidance_scale, {}
+    if model.sr is not None and model.sr.sampling:     # SR pairs are drawn as the SR folder says it samples best
+        hint = model.sr.sampling
+        steps, guidance = hint.get("steps", steps), hint.get("guidance_scale", guidance)
+        extra = {"noise_level": hint["noise_level"]} if "noise_level" in hint else {}
+    recipe = (f"{sampler_name(model.pipe, p.class_scheduler)}/{steps}steps/cfg{guidance}"
+              + "".join(f"/{k}{v}" for k, v in extra.items()))
     if model.sr is None:   # the base model samples its class images
         return ClassPlan(plan_class_images(model.source, class_prompt, p.class_data_dir, p.num_class_images,
-                                           model.resolution, recipe), recipe)
+                                           model.resolution, recipe), recipe, None, steps, guidance)
     # an SR model makes class pairs from step (a)'s class images
     images, inputs = plan_sr_class_pairs(p, model, class_prompt, recipe)
     accelerator.print(f"class pairs for super-resolution from the {images.wanted} class images in "
                       f"{images.source}" + (", upscaled by the untouched SR model" if inputs else ""))
-    return ClassPlan(images, recipe, inputs)
+    return ClassPlan(images, recipe, inputs, steps, guidance, extra)
 
 
 def draw_class_images(plan: ClassPlan, job: TrainJob, model: Model, accelerator: Accelerator,
@@ -63,9 +72,9 @@ def draw_class_images(plan: ClassPlan, job: TrainJob, model: Model, accelerator:
         files.require_free_space([(c.folder, c.missing * 3 * model.resolution ** 2, "class images")])
         with _generation_precision(p.prior_generation_precision, accelerator), \
                 sampler(model.pipe, p.class_scheduler), lora.bypassed(adapted.values()):
-            generate_class_images(c, model.pipe, seed=job.train.seed, steps=p.class_inference_steps,
-                                  guidance_scale=p.class_guidance_scale, batch_size=p.sample_batch_size,
-                                  sampler=plan.recipe, inputs=plan.inputs, **model.sample_kwargs())
+            generate_class_images(c, model.pipe, seed=job.train.seed, steps=plan.steps,
+                                  guidance_scale=plan.guidance_scale, batch_size=p.sample_batch_size,
+                                  sampler=plan.recipe, inputs=plan.inputs, **model.sample_kwargs(), **plan.extra)
     accelerator.wait_for_everyone()
 
 
