@@ -60,6 +60,11 @@ def test_suite_runs_every_comparison(world, tmp_path):
     sr_identifier = json.loads((models / "sr_finetuned" / "identifier.json").read_text())["identifier"]
     assert sr_identifier == identifier["identifier"]
     assert record["config"]["sr_folder"] == str(world / "sr")
+    # every variant trained on the photos' captions, as the README's command trains, except the one with no
+    # identifier for a caption to name
+    trained = {n: yaml.safe_load((models / n / "dreambooth.yaml").read_text())["data"]["caption_extension"]
+               for n in ("dreambooth", "no_prior", "common_word", "no_identifier")}
+    assert trained == {"dreambooth": ".txt", "no_prior": ".txt", "common_word": ".txt", "no_identifier": None}
     from PIL import Image
     assert Image.open(out / "grid_striped_ball.png").height == 7 * 2 * 64     # 7 rows of 64-px images, shown 2x
     page = (out / "report.md").read_text()
@@ -230,3 +235,14 @@ def test_a_cascade_row_can_reuse_another_rows_base_images(world):
     again = sample_model(world / "no-such-base", world_prompts()[:2], low_res=first.low_res, **kw)   # base not opened
     assert [im.tobytes() for im in again.images + again.class_images] == \
         [im.tobytes() for im in first.images + first.class_images]
+
+
+def test_suite_captions_variant_needs_no_captions(world, tmp_path, capsys):
+    argv = ["eval", "--suite", "microworld", "--world-dir", str(world), "--subjects", "striped_ball",
+            "--variants", "dreambooth", "captions", "--out", str(tmp_path / "s")]
+    assert main(argv) == 2
+    assert "--no-captions" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    from dreambooth.eval.cli import command_line
+    from dreambooth.cli.main import build_parser
+    ns, _ = build_parser().parse_known_args(argv + ["--no-captions"])
+    assert "--no-captions" in command_line(ns)

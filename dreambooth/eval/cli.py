@@ -65,8 +65,11 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     suite.add_argument("--subjects", nargs="+", default=None, help="world subjects (default: all 12)")
     suite.add_argument("--variants", nargs="+", default=None,
                        help="dreambooth no_prior common_word no_identifier sr_finetuned (default: all of these), "
-                            "lora (LoRA DreamBooth, opt-in: compare with `--variants dreambooth lora`) and captions (each photo "
-                            "trained on its caption naming its context, opt-in)")
+                            "lora (LoRA DreamBooth, opt-in: compare with `--variants dreambooth lora`) and, with --no-captions, "
+                            "captions (each photo trained on its caption naming its context, opt-in)")
+    suite.add_argument("--captions", action=argparse.BooleanOptionalAction, default=None,
+                       help="train every variant on the photos' captions naming their context, as the README's main "
+                            "command does (default); --no-captions: one prompt for every photo, as the paper")
     suite.add_argument("--train-steps", "--train_steps", dest="train_steps", type=int, default=None,
                        help="DreamBooth steps per variant (default: the micro-world preset's)")
     suite.add_argument("--num-class-images", "--num_class_images", dest="num_class_images", type=int, default=None,
@@ -90,6 +93,9 @@ def command_line(ns: argparse.Namespace) -> str:
         if key in _SKIP or value is None or (key == "prompt_list" and ns.suite):   # the suite's list is fixed
             continue
         flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):                   # --captions / --no-captions
+            parts.append(flag if value else "--no-" + flag[2:])
+            continue
         parts += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
     return shlex.join(parts)
 
@@ -110,14 +116,14 @@ def cmd_eval(ns: argparse.Namespace, unknown: list[str]) -> None:
                      "num_class_images": ns.num_class_images, "learning_rate": ns.learning_rate,
                      "lora_learning_rate": ns.lora_learning_rate,
                      "sr_train_steps": ns.sr_train_steps, "use_sr": False if ns.sr_model == "none" else None,
-                     "jobs": ns.jobs}
+                     "jobs": ns.jobs, "captions": ns.captions}
         for key, value in overrides.items():
             if value is not None:
                 setattr(cfg, key, value)
         run_suite(cfg, command=command_line(ns))
         return
     suite_only = [k for k in ("world_dir", "subjects", "variants", "train_steps", "num_class_images", "learning_rate",
-                              "lora_learning_rate", "sr_train_steps", "jobs") if getattr(ns, k) is not None]
+                              "lora_learning_rate", "sr_train_steps", "jobs", "captions") if getattr(ns, k) is not None]
     if suite_only:
         raise DreamboothError(f"--{suite_only[0].replace('_', '-')} belongs to the micro-world suite; add "
                               "--suite microworld or drop it.")

@@ -149,7 +149,9 @@ def write_suite_report(out: Path, results: dict, *, config: dict, command: str, 
           f"{s['prompts'] or 'all'} world prompts x {s['images_per_prompt']} images, {s['class_images']} class "
           f"samples, {s['steps']} sampler steps, guidance {s['guidance_scale']}, seed {s['seed']} (image i of "
           f"each prompt: seed + i). Training: {config['train_steps']} steps at lr {config['learning_rate']}, "
-          f"{config['num_class_images']} class images. Images: "
+          f"{config['num_class_images']} class images, "
+          + ("each photo on its caption (no_identifier: one prompt)" if config.get("captions")
+             else "one prompt for every photo, as the paper") + ". Images: "
           + (f"base -> SR (`{config['sr_folder']}`, untouched unless said) at 64 px" if config["sr_folder"]
              else "the base model's own output") + f". Wall time {wall_seconds:.0f} s"
           + (f" (not counting {', '.join(config['reused'])}: reused from an earlier run)" if config.get("reused")
