@@ -246,3 +246,16 @@ def test_suite_captions_variant_needs_no_captions(world, tmp_path, capsys):
     from dreambooth.cli.main import build_parser
     ns, _ = build_parser().parse_known_args(argv + ["--no-captions"])
     assert "--no-captions" in command_line(ns)
+
+
+def test_base_row_is_drawn_once_per_class(world, tmp_path):
+    """Two subjects of one class share the untouched base model's row ('[V] ball' prompts, class samples)."""
+    out = tmp_path / "suite"
+    assert main(["eval", "--suite", "microworld", "--world-dir", str(world), "--subjects", "striped_ball",
+                 "dotted_ball", "--variants", "dreambooth", "--prompts", "1", "--images-per-prompt", "1",
+                 "--class-images", "2", "--steps", "1", "--train-steps", "1", "--num-class-images", "1",
+                 "--jobs", "1", "--out", str(out)]) == 0
+    assert len(list((out / ".base").glob("ball-*/samples.json"))) == 1
+    subjects = json.loads((out / "metrics.json").read_text())["subjects"]
+    assert subjects["striped_ball"]["seconds"]["sample/base"] > 0 == subjects["dotted_ball"]["seconds"]["sample/base"]
+    assert subjects["striped_ball"]["figures"]["base"]["div_dino"] == subjects["dotted_ball"]["figures"]["base"]["div_dino"]

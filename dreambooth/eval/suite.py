@@ -195,9 +195,7 @@ def run_subject(cfg: SuiteConfig, subject: Subject, encoders, log) -> dict:
                                      sr_model=sr_model, low_res=samples["dreambooth"].low_res if v.sr else None)
     # the untouched base model, prompted with the same "[V] class" prompts (paper: no fine-tuning)
     rare = next((ids[n] for n in ("dreambooth", "no_prior") if n in ids), "")
-    samples[BASE] = sample_model(cfg.world_dir / "base", templates, identifier=rare,
-                                 class_name=subject.cls, class_prompt=class_prompt, settings=cfg.settings,
-                                 label="base model, '[V] class'", sr_model=untouched_sr)
+    samples[BASE] = base_row(cfg, subject.cls, templates, rare, class_prompt)
     size = samples[BASE].images[0].size[0]
     samples[IDEAL] = ideal_samples(subject, templates, cfg.settings, size)
     figures = {name: score(s, real, encoders, ideal=samples[IDEAL], embedded=embed_samples(s, encoders))
@@ -214,6 +212,32 @@ def run_subject(cfg: SuiteConfig, subject: Subject, encoders, log) -> dict:
         seconds["detail"] = round(time.time() - start, 1)
     return {"figures": figures, "samples": samples, "seconds": seconds, "real_self": real.self_similarity(),
             "output_mib": sizes, "detail": detail}
+
+
+def base_row(cfg: SuiteConfig, cls: str, templates: tuple[str, ...], rare: str, class_prompt: str) -> Samples:
+    """The untouched base model prompted with '[V] class'. It is the same for every subject of a class,
+    so it is drawn once per class and kept in OUT/.base/ (samples.json, written last, marks it whole)."""
+    key = hashlib.sha256(json.dumps([result_key(cfg), cls, rare, templates]).encode()).hexdigest()[:16]
+    folder = cfg.out / ".base" / f"{cls}-{key}"
+    try:
+        record = json.loads((folder / "samples.json").read_text())
+        load = lambda name: Image.open(folder / name).convert("RGB")            # noqa: E731
+        return Samples(**{**record, "seconds": 0.0, "images": [load(f"p{i}.png") for i in range(len(record["seeds"]))],
+                          "class_images": [load(f"c{i}.png") for i in range(len(record["class_seeds"]))]})
+    except (OSError, ValueError):
+        pass
+    samples = sample_model(cfg.world_dir / "base", templates, identifier=rare, class_name=cls,
+                           class_prompt=class_prompt, settings=cfg.settings, label="base model, '[V] class'",
+                           sr_model=str(cfg.sr_folder() or "none"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, images in (("p", samples.images), ("c", samples.class_images)):
+        for i, image in enumerate(images):
+            with files.atomic_path(folder / f"{prefix}{i}.png") as tmp:
+                image.save(tmp, format="PNG")
+    kept = {f.name: getattr(samples, f.name) for f in dataclasses.fields(samples)
+            if f.name not in ("images", "class_images", "low_res")}
+    files.write_json(folder / "samples.json", kept)
+    return samples
 
 
 def weights_mib(folder: Path) -> float:
