@@ -76,6 +76,11 @@ class DataConfig:
         "'a photo of [V] dog on a lawn'. Naming what the photos share besides the subject (the same lawn) keeps "
         "it out of [V]. Photos without a caption use the instance prompt. Default: every photo uses the "
         "instance prompt.")
+    caption_dropout_rate: float = opt(
+        0.0, "Share of training examples (photos and class images) whose prompt is replaced by the empty "
+        "prompt, as kohya sd-scripts' --caption_dropout_rate: it keeps training the unconditional prediction "
+        "that classifier-free guidance subtracts, which fine-tuning otherwise leaves to drift.", at_least=0,
+        below=1, aliases=("--caption_dropout_probability",))
     resolution: int | None = opt(None, "Training resolution in pixels. Default: the model's native size.",
                                  at_least=8, at_most=8192)
     center_crop: bool = opt(False, "Center-crop photos to a square (default: random crop).")

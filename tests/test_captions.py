@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from dreambooth.cli import main
 from dreambooth.config import TrainJob
@@ -61,6 +62,26 @@ def test_each_view_is_conditioned_on_its_own_photos_prompt(tiny_sd):
     # a trained text tower encodes the same rows each step
     trained = conditioning(model, {"text_encoder": model.pipe.text_encoder}, views, "a photo of dog", TrainJob().train)
     torch.testing.assert_close(trained([1, 2, 0], 2), ref[[0, 1, 1, 2, 2]])
+
+
+def test_dropped_captions_get_the_unconditional_embedding_guidance_uses(tiny_sd):
+    model = load_model(ModelConfig(pretrained_model_name_or_path=str(tiny_sd)))
+    views = ["a photo of sks dog on a lawn", "a photo of sks dog"]
+    cond_ref, uncond = model.pipe.encode_prompt(["a photo of sks dog on a lawn", "a photo of sks dog", "a photo of dog"],
+                                                device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+    dropped = torch.tensor([False, True, True, False])                    # [photo 0, photo 1 ; class, class]
+    for towers in ({}, {"text_encoder": model.pipe.text_encoder}):        # cached, and encoded every step
+        cond = conditioning(model, towers, views, "a photo of dog", TrainJob().train)([0, 1], 2, dropped)
+        torch.testing.assert_close(cond[[0, 3]], cond_ref[[0, 2]])
+        torch.testing.assert_close(cond[[1, 2]], uncond[[0, 0]])           # the empty prompt, as CFG encodes it
+
+
+def test_caption_dropout_flag_in_both_spellings(tiny_sd, photos, tmp_path):
+    for i, flag in enumerate(("--caption-dropout-rate=0.5", "--caption_dropout_probability=0.5")):
+        out = tmp_path / f"out{i}"
+        assert main(["train", f"--model={tiny_sd}", f"--instance-data-dir={photos}", "--class-name=dog", flag,
+                     "--max-train-steps=1", "--report_to=none", f"--output-dir={out}"]) == 0
+        assert yaml.safe_load((out / "dreambooth.yaml").read_text())["data"]["caption_dropout_rate"] == 0.5
 
 
 def test_world_photos_come_with_captions_naming_their_context(tmp_path):

@@ -34,6 +34,13 @@ def test_text_conditioning_matches_the_pipeline(tiny_sdxl):
     assert hidden.shape[-1] == model.unet.config.cross_attention_dim    # both towers, side by side
     torch.testing.assert_close(hidden, ref)
     torch.testing.assert_close(pooled, ref_pooled)
+    # a dropped caption gets the unconditional half exactly as the pipeline makes it (zeros when it forces them)
+    _, neg, _, neg_pooled = model.pipe.encode_prompt(["a photo of sks dog"], do_classifier_free_guidance=True)
+    hidden, pooled = conditioning(model, {}, ["a photo of sks dog"], "a photo of dog",
+                                  TrainJob().train)([0], 1, torch.tensor([True, False]))
+    torch.testing.assert_close(hidden[:1], neg)
+    torch.testing.assert_close(pooled[:1], neg_pooled)
+    torch.testing.assert_close(hidden[1:], ref[1:])
 
 
 def test_time_ids_follow_each_crop():

@@ -72,7 +72,7 @@ class Run(Settled):
     extras: Callable[[list[int], list[int], torch.Generator], dict]   # what else the UNet sees (SR: low-res)
     sample_inputs: dict                   # extra pipeline inputs for validation (SR: a low-res photo)
     batches: BatchPlan
-    text: Callable[[list[int], int], object]   # (instance views, n_class) -> (B, L, D) conditioning (SDXL: + pooled)
+    text: Callable[..., object]   # (instance views, n_class, dropped (B,)) -> (B, L, D) conditioning (SDXL: + pooled)
     optimizer: torch.optim.Optimizer
     lr_scheduler: object
     start_step: int

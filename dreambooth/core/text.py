@@ -41,13 +41,17 @@ def _pick(cond, index: Tensor):
 
 
 def conditioning(model: Model, encoders: dict[str, torch.nn.Module], view_prompts: list[str], class_prompt: str | None,
-                 t) -> Callable[[list[int], int], object]:
-    """(instance view indices, n_class) -> the conditioning of a batch laid out [instance views ; class
-    views]. `view_prompts`: each instance view's prompt (its photo's caption, or the instance prompt).
-    `encoders`: each tower by name, the trained ones as wrapped for training."""
-    prompts = list(dict.fromkeys(view_prompts + ([class_prompt] if class_prompt else [])))   # distinct, in order
+                 t) -> Callable[[list[int], int, Tensor | None], object]:
+    """(instance view indices, n_class, dropped) -> the conditioning of a batch laid out [instance views ;
+    class views]; rows where `dropped` (B,) is True get the empty prompt's, as classifier-free guidance
+    encodes its unconditional half (zeros where the pipeline forces them, SDXL). `view_prompts`: each
+    instance view's prompt (its photo's caption, or the instance prompt). `encoders`: each tower by
+    name, the trained ones as wrapped for training."""
+    prompts = list(dict.fromkeys(view_prompts + ([class_prompt] if class_prompt else []) + [""]))   # distinct
     view_row = torch.tensor([prompts.index(p) for p in view_prompts])
     class_row = prompts.index(class_prompt) if class_prompt else -1
+    empty_row = prompts.index("")
+    zeros = bool(getattr(model.pipe.config, "force_zeros_for_empty_prompt", False))
     names = tower_names(model.pipe)
     towers = [encoders.get(n, getattr(model.pipe, n)) for n in names]
     tokens = [tokenize(getattr(model.pipe, tok), prompts, t.tokenizer_max_length) for tok, enc in TOWERS if enc in names]
@@ -56,13 +60,21 @@ def conditioning(model: Model, encoders: dict[str, torch.nn.Module], view_prompt
     ids = [i for i, _ in tokens]
     masks = [m if use_mask else None for _, m in tokens]
 
-    def rows(inst: list[int], n_class: int) -> Tensor:
-        return torch.cat([view_row[inst], torch.full((n_class,), class_row)])
+    def rows(inst: list[int], n_class: int, dropped: Tensor | None) -> Tensor:
+        r = torch.cat([view_row[inst], torch.full((n_class,), class_row)])
+        return r if dropped is None else torch.where(dropped, empty_row, r)
+
+    def blank(cond, dropped: Tensor | None):
+        if not zeros or dropped is None or not dropped.any():
+            return cond
+        keep = lambda c: c * (~dropped).to(c.device, c.dtype).view(-1, *[1] * (c.dim() - 1))   # noqa: E731
+        return tuple(keep(c) for c in cond) if isinstance(cond, tuple) else keep(cond)
 
     if any(n in encoders for n in names):      # a tower trains: encode every step
-        def per_step(inst: list[int], n_class: int):
-            r = rows(inst, n_class)
-            return encode(towers, [i[r] for i in ids], [None if m is None else m[r] for m in masks], model.added_cond)
+        def per_step(inst: list[int], n_class: int, dropped: Tensor | None = None):
+            r = rows(inst, n_class, dropped)
+            return blank(encode(towers, [i[r] for i in ids], [None if m is None else m[r] for m in masks],
+                                model.added_cond), dropped)
         return per_step
     with torch.no_grad():
         table = encode(towers, ids, masks, model.added_cond)     # (prompts, L, D), computed once
@@ -70,7 +82,8 @@ def conditioning(model: Model, encoders: dict[str, torch.nn.Module], view_prompt
     if t.pre_compute_text_embeddings:
         for te in towers:
             te.to("cpu")   # frees accelerator memory; still saved with the pipeline at the end
-    return lambda inst, n_class: _pick(table, rows(inst, n_class).to(_device(table)))
+    return lambda inst, n_class, dropped=None: blank(_pick(table, rows(inst, n_class, dropped).to(_device(table))),
+                                                     dropped)
 
 
 def _device(cond) -> torch.device:

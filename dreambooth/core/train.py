@@ -79,13 +79,15 @@ def compute_loss(run: Run, micro_step: int) -> LossParts:
     inst, cls = run.batches.indices(micro_step)
     x0 = torch.cat([run.instance_x0[inst], run.class_x0[cls]])               # (B, C, h, w)
     is_prior = torch.tensor([False] * len(inst) + [True] * len(cls), device=x0.device)
-    cond = run.text(inst, len(cls))                                            # (B, L, D)
     sched = run.model.noise_scheduler
     alphas = sched.alphas_cumprod.to(x0.device)
     gen = step_generator(run.job.train.seed, micro_step, run.accelerator.process_index)
     noise = sample_noise(x0.shape, gen, offset=run.job.train.offset_noise).to(x0.device)
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
-    pred = run.model.predict(add_noise(x0, noise, t, alphas), t, cond, **run.extras(inst, cls, gen))
+    extras = run.extras(inst, cls, gen)
+    dropped = torch.rand(x0.shape[0], generator=gen) < run.job.data.caption_dropout_rate     # (B,) drawn last
+    cond = run.text(inst, len(cls), dropped)                                   # (B, L, D)
+    pred = run.model.predict(add_noise(x0, noise, t, alphas), t, cond, **extras)
     target = noise_target(run.model.prediction_type, x0, noise, t, alphas)
     gamma = run.job.train.snr_gamma
     weights = min_snr_weights(t, alphas, gamma, run.model.prediction_type) if gamma else None
