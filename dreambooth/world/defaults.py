@@ -35,11 +35,14 @@ PRESET: dict[str, Any] = {
     "sr_max_train_steps": 100,
     "with_prior_preservation": True,
     "num_class_images": 40,   # 50 put the README's command at 184 s cold; 40 keeps it under 3 minutes
-    # Class images drawn at guidance 2, not 7.5: at 7.5 the world's base draws nearly one "can" (yellow,
-    # on the purple rug), prior preservation teaches that one mode, and the class's diversity collapses.
-    # Four subjects, DIV-DINO of the fine-tuned model's class samples: 0.18 at 7.5, 0.38 at 4, 0.63 at
-    # 2 (base model: 0.81), subject DINO 0.69 / 0.70 / 0.66 (docs/microworld.md, "Class images").
-    "class_guidance_scale": 2.0,
+    # Class images drawn without guidance (1.0), not at diffusers' 7.5: prior preservation should keep the
+    # model's own conditional distribution, which is what unguided samples are; guided class images
+    # teach an already-guided one, and guidance at sampling then sharpens it twice. At 7.5 the world's
+    # base draws nearly one "can" and the class's diversity collapses (session 7, four subjects, class
+    # diversity 0.18 at 7.5, 0.38 at 4, 0.63 at 2). Session 10 (the current models, lr 2e-4, four
+    # subjects): at 1.0 class diversity 0.95 of the base's and subject fidelity 0.84 of the ideal renders',
+    # at 2.0 0.87 and 0.82 (docs/microworld.md, "Class images").
+    "class_guidance_scale": 1.0,
     "validation_steps": 200,
     "checkpointing_steps": 1000,
 }
