@@ -199,6 +199,11 @@ class SuperResConfig:
     sr_max_noise_level: int = opt(250, "Super-resolution models: upper end of the drawn augmentation levels "
                                        "(clamped to the pipeline's own maximum). 250 is IF stage II's inference "
                                        "default; not yet tuned by measurement.", at_least=1)
+    sr_crop: int | None = opt(None, "Super-resolution models: train on a random square window of this many output "
+                                    "pixels of each view and of its low-res input (SR3 and Imagen train their "
+                                    "upsamplers on crops; the micro world's SR was pretrained on 32). A 32 window "
+                                    "of a 64 px model costs about a quarter of a step. Default: whole views.",
+                                    at_least=1)
     sr_max_train_steps: int | None = opt(None, "Steps of step (b) when --sr-model runs both steps "
                                                "(default: max_train_steps).", at_least=1)
     sr_learning_rate: float | None = opt(None, "UNet learning rate of step (b) when --sr-model runs both steps "

@@ -71,3 +71,47 @@ def test_sr_resume_matches_straight_run(x4, photos, tmp_path):
     b = load_file(tmp_path / "split" / "unet" / "diffusion_pytorch_model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_random_window_cuts_the_same_place_of_x0_and_its_low_res():
+    from dreambooth.superres.conditioning import downsample, random_window
+    x0 = torch.rand(3, 3, 16, 16) * 2 - 1
+    low = downsample(x0, 8)                                              # 2 x0 pixels per low-res pixel
+    places = set()
+    for seed in range(30):
+        xw, lw = random_window(x0, low, 8, torch.Generator().manual_seed(seed))
+        assert xw.shape == (3, 3, 8, 8) and lw.shape == (3, 3, 4, 4)
+        torch.testing.assert_close(lw, downsample(xw, 4))               # the low-res pixels of exactly that window
+        places.add(next((i, j) for i in range(9) for j in range(9) if torch.equal(x0[..., i:i + 8, j:j + 8], xw)))
+    assert len(places) > 5 and all(i % 2 == 0 and j % 2 == 0 for i, j in places)   # varied, on whole low-res pixels
+    latents, image = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 8, 8)   # x4 upscaler: low-res at latent size
+    xw, lw = random_window(latents, image, 4, torch.Generator().manual_seed(0))
+    i, j = next((i, j) for i in range(5) for j in range(5) if torch.equal(latents[..., i:i + 4, j:j + 4], xw))
+    assert torch.equal(lw, image[..., i:i + 4, j:j + 4])
+
+
+def test_sr_crop_window_in_model_units():
+    from dreambooth.errors import DreamboothError
+    from dreambooth.superres.conditioning import window_size
+    assert window_size(None, 64, 64, 32, 4) is None and window_size(64, 64, 64, 32, 4) is None   # whole views
+    assert window_size(32, 64, 64, 32, 4) == 32                           # the world's SR: pixels
+    assert window_size(128, 256, 64, 64, 4) == 32                         # x4 upscaler: latents (VAE factor 4)
+    with pytest.raises(DreamboothError, match=r"--sr_crop 30 .* multiple of 8 output pixels.*--sr_crop 24"):
+        window_size(30, 64, 64, 32, 4)
+
+
+def test_sr_crop_trains_on_windows(if_sr, photos, tmp_path, monkeypatch, capsys):
+    from diffusers import UNet2DConditionModel
+    seen, forward = [], UNet2DConditionModel.forward
+
+    def recording(self, sample, *args, **kwargs):
+        if torch.is_grad_enabled():                                       # training steps, not validation
+            seen.append(tuple(sample.shape[-2:]))
+        return forward(self, sample, *args, **kwargs)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", recording)
+    args = ["train", f"--model={if_sr}", f"--instance-data-dir={photos}", "--class-name=dog", "--max-train-steps=3",
+            f"--output-dir={tmp_path / 'out'}"] + FAST
+    assert main(args + ["--sr-crop=32"]) == 0
+    assert seen == [(32, 32)] * 3                                         # a 32 px window of the 64 px views
+    assert main(args + ["--sr_crop=36"]) != 0
+    assert "--sr_crop 36 does not fit" in capsys.readouterr().err

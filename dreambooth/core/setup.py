@@ -67,9 +67,9 @@ class Draft(Settled):
 
 @dataclass
 class Run(Settled):
-    instance_x0: Tensor                   # (N_views, C, h, w) encoded instance views, on device
-    class_x0: Tensor                      # (M_views, C, h, w) encoded class views (M may be 0)
-    extras: Callable[[list[int], list[int], torch.Generator], dict]   # what else the UNet sees (SR: low-res)
+    # (instance rows, class rows, generator) -> x0 (B, C, h, w) and what else the UNet sees (SR: low-res),
+    # indexed from views encoded once, on device
+    inputs: Callable[[list[int], list[int], torch.Generator], tuple[Tensor, dict]]
     sample_inputs: dict                   # extra pipeline inputs for validation (SR: a low-res photo)
     batches: BatchPlan
     text: Callable[..., object]   # (instance views, n_class, dropped (B,)) -> (B, L, D) conditioning (SDXL: + pooled)
@@ -195,13 +195,13 @@ def prepare_run(draft: Draft) -> Run:
                                random_flip=d.random_flip, random_views=1, seed=t.seed)
         class_x0 = encode_views(cviews, model.encode_images).to(accelerator.device)
         draft.plan.class_views = len(class_x0)   # as found on disk (the plan counted before drawing)
-    extras = _extras(model, job, views, cviews, accelerator.device)
+    inputs = _inputs(model, job, torch.cat([instance_x0, class_x0]), views, cviews, accelerator.device)
     # SR validation upsamples the first photo's low-res view, as a base model's sample would be upsampled.
     sample_inputs = {} if model.sr is None else {"image": [views[0].resize((model.sr.lowres,) * 2, Image.BOX)]}
     text = conditioning(model, trainable, draft.view_prompts, draft.class_prompt if class_job else None, t)
     optimizer, lr_scheduler = make_optimizer(job, trainable, draft.lrs, draft.max_steps, accelerator)
     settled = {f.name: getattr(draft, f.name) for f in dataclasses.fields(Settled)} | {"trainable": trainable}
-    return Run(**settled, instance_x0=instance_x0, class_x0=class_x0, extras=extras, sample_inputs=sample_inputs,
+    return Run(**settled, inputs=inputs, sample_inputs=sample_inputs,
                batches=BatchPlan(len(instance_x0), len(class_x0), t.train_batch_size, t.seed),
                text=text, optimizer=optimizer, lr_scheduler=lr_scheduler, start_step=0, save=saver(job),
                class_data_dir=None if class_job is None else class_job.source or class_job.folder)
@@ -216,12 +216,22 @@ def configure_super_resolution(model: Model, job: TrainJob) -> None:
     model.sr.fixed_level = s.sr_noise_level
     model.sr.max_level = min(s.sr_max_noise_level, model.sr.max_level)
     model.predict = make_predictor(model.unet, model.learned_variance, model.sr, model.added_cond)
+    sr_window(model, s.sr_crop)       # a window that does not fit is an error now, before class images
 
 
-def _extras(model: Model, job: TrainJob, views, class_views, device) -> Callable:
-    """Per-batch inputs beyond (x_t, t, text), one row per view, made once here like the latents:
+def sr_window(model: Model, crop: int | None) -> int | None:
+    """--sr_crop as a window of x0 (None: whole views); raises when it does not fit the model."""
+    from ..superres.conditioning import window_size
+    x0_size = model.resolution // (model.pipe.vae_scale_factor if model.latent else 1)
+    return window_size(crop, model.resolution, x0_size, model.sr.lowres,
+                       2 ** (len(model.unet.config.block_out_channels) - 1))
+
+
+def _inputs(model: Model, job: TrainJob, x0: Tensor, views, class_views, device) -> Callable:
+    """A step's inputs, one row per view, made once here like the latents: x0 (N + M views), and
     for SR models the low-res version of each view (box filter, as the base model's images are made);
-    for SDXL each view's time ids (original size, crop, target size)."""
+    for SDXL each view's time ids (original size, crop, target size). --sr_crop cuts SR rows to one
+    random window per step, the same place in x0 and in its low-res input."""
     per_view = {}
     if model.sr is not None:
         from ..superres.conditioning import downsample
@@ -231,11 +241,17 @@ def _extras(model: Model, job: TrainJob, views, class_views, device) -> Callable
         per_view["time_ids"] = time_ids(views + class_views, model.resolution, job.data.crops_coords_top_left_h,
                                         job.data.crops_coords_top_left_w).to(device)        # (N + M, 6)
     n = len(views)
+    crop = sr_window(model, job.superres.sr_crop) if model.sr is not None else None
 
-    def extras(inst: list[int], cls: list[int], gen: torch.Generator) -> dict:
+    def inputs(inst: list[int], cls: list[int], gen: torch.Generator) -> tuple[Tensor, dict]:
         rows = torch.tensor(inst + [n + i for i in cls], dtype=torch.long)
-        return {k: v[rows] for k, v in per_view.items()} | ({"gen": gen} if model.sr is not None else {})
-    return extras
+        extras = {k: v[rows] for k, v in per_view.items()} | ({"gen": gen} if model.sr is not None else {})
+        if crop is None:
+            return x0[rows], extras
+        from ..superres.conditioning import random_window
+        x, extras["low"] = random_window(x0[rows], extras["low"], crop, gen)
+        return x, extras
+    return inputs
 
 
 def check_request(job: TrainJob):

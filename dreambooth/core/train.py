@@ -77,14 +77,13 @@ def resume(run: Run, folder: Path) -> None:
 def compute_loss(run: Run, micro_step: int) -> LossParts:
     """One micro-batch: [instance views ; class views] in a single forward pass (paper Eq. 2)."""
     inst, cls = run.batches.indices(micro_step)
-    x0 = torch.cat([run.instance_x0[inst], run.class_x0[cls]])               # (B, C, h, w)
+    gen = step_generator(run.job.train.seed, micro_step, run.accelerator.process_index)
+    x0, extras = run.inputs(inst, cls, gen)                                    # (B, C, h, w), UNet extras
     is_prior = torch.tensor([False] * len(inst) + [True] * len(cls), device=x0.device)
     sched = run.model.noise_scheduler
     alphas = sched.alphas_cumprod.to(x0.device)
-    gen = step_generator(run.job.train.seed, micro_step, run.accelerator.process_index)
     noise = sample_noise(x0.shape, gen, offset=run.job.train.offset_noise).to(x0.device)
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
-    extras = run.extras(inst, cls, gen)
     dropped = torch.rand(x0.shape[0], generator=gen) < run.job.data.caption_dropout_rate     # (B,) drawn last
     cond = run.text(inst, len(cls), dropped)                                   # (B, L, D)
     pred = run.model.predict(add_noise(x0, noise, t, alphas), t, cond, **extras)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.losses import add_noise
+from ..errors import DreamboothError
 
 
 def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -44,3 +45,29 @@ def lowres_condition(low: torch.Tensor, out_size: int, noise: torch.Tensor, leve
     """low (B, C, h, w) in [-1, 1] -> (B, C, out_size, out_size): upsampled, then noised to `level`.
     upsample_fn: the model's own upsampling (`superres.residual` models read bicubic)."""
     return add_noise(upsample_fn(low, out_size), noise, level, alphas_cumprod)
+
+
+def window_size(crop: int | None, resolution: int, x0_size: int, low_size: int, unet_factor: int) -> int | None:
+    """--sr_crop in output pixels -> the window in x0's units (latents for the x4 upscaler), or None for
+    whole views. The window must hold whole low-res pixels and survive the UNet's down-sampling."""
+    if crop is None or crop >= resolution:
+        return None
+    step = (x0_size // low_size) * unet_factor * resolution // x0_size     # output pixels per allowed unit
+    if crop % step:
+        fit = max(step, crop // step * step)
+        raise DreamboothError(
+            f"--sr_crop {crop} does not fit this super-resolution model: a training window must be a multiple of "
+            f"{step} output pixels (whole pixels of the {low_size} px low-res input, and of every level of a UNet "
+            f"that halves its input {unet_factor.bit_length() - 1} times). Use --sr_crop {fit}, or leave the flag "
+            f"out to train on whole {resolution} px views.")
+    return crop * x0_size // resolution
+
+
+def random_window(x0: torch.Tensor, low: torch.Tensor, size: int, gen: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 (B, C, H, W) and its low-res input (B, C, h, w) -> the same random size x size window of x0
+    and the low-res pixels under it (B, C, size*h/H, size*h/H), one place for the whole batch. Why:
+    an SR model's job is local detail, and a window teaches it at a fraction of the compute."""
+    f = x0.shape[-1] // low.shape[-1]                                   # x0 pixels per low-res pixel
+    i, j = (torch.randint(0, (x0.shape[-1] - size) // f + 1, (2,), generator=gen) * f).tolist()
+    return x0[..., i:i + size, j:j + size], low[..., i // f:(i + size) // f, j // f:(j + size) // f]
