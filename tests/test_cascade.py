@@ -47,7 +47,7 @@ def cascade(world, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DREAMBOOTH_CACHE", str(root / "cache"))
         assert main(["train", f"--instance-data-dir={root / 'photos'}", "--class-name=dog", "--with-prior-preservation",
-                     "--sr-max-train-steps=1", f"--output-dir={root / 'out'}"] + FAST) == 0
+                     "--sr-max-train-steps=1", "--sr-crop=32", f"--output-dir={root / 'out'}"] + FAST) == 0
     return root / "out"
 
 
@@ -64,6 +64,7 @@ def test_one_command_trains_base_then_sr_with_step_a_class_images(cascade, world
         assert a["data"][key] == b["data"][key]
     assert a["prior"]["class_prompt"] == b["prior"]["class_prompt"] and a["train"]["seed"] == b["train"]["seed"]
     assert b["train"]["max_train_steps"] == 1 and a["train"]["max_train_steps"] == 2
+    assert b["superres"]["sr_crop"] == 32
     assert (cascade / "identifier.json").read_text() == (cascade / "sr" / "identifier.json").read_text()
     # SR class pairs: step (a)'s class images (32 px base samples) upscaled by the untouched SR model to 64 px
     step_a_class_dir = a["prior"]["class_data_dir"]
@@ -190,3 +191,13 @@ def test_sr_folder_recommends_its_sampling_and_flags_override_it(cascade, world,
     plan = plan_class_prior(job, sr, "a photo of dog", Accelerator(cpu=True))
     assert (plan.steps, plan.guidance_scale, plan.extra) == (3, 1.0, {"noise_level": 0})
     assert plan.recipe.endswith("/3steps/cfg1.0/noise_level0")
+
+
+def test_step_b_takes_this_commands_sr_settings(cascade):
+    """A rerun (say, to resume) with other SR flags trains step (b) with them, not with step (a)'s record."""
+    from dreambooth.config import load_yaml
+    from dreambooth.core.cascade import sr_step
+    job = load_yaml(cascade / "dreambooth.yaml")
+    job.superres.sr_crop, job.superres.sr_max_noise_level = 16, 100
+    b = sr_step(job, cascade)
+    assert (b.superres.sr_crop, b.superres.sr_max_noise_level) == (16, 100)
