@@ -68,6 +68,8 @@ def test_suite_runs_every_comparison(world, tmp_path):
     from PIL import Image
     assert Image.open(out / "grid_striped_ball.png").height == 7 * 2 * 64     # 7 rows of 64-px images, shown 2x
     page = (out / "report.md").read_text()
+    batch = yaml.safe_load((models / "dreambooth" / "dreambooth.yaml").read_text())["train"]["train_batch_size"]
+    assert f"steps of {batch} photo(s)" in page and record["config"]["preset"]["train_batch_size"] == batch
     for heading in ("## 1. Base model", "## 2. Prior preservation", "## 3. Super-resolution", "## 4. Identifier",
                     "## Targets"):
         assert heading in page

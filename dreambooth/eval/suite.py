@@ -343,6 +343,7 @@ def run_suite(cfg: SuiteConfig, command: str = "", log=print) -> Path:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     config["sr_folder"] = str(cfg.sr_folder()) if cfg.sr_folder() else None
     config["reused"] = [name for name in cfg.subjects if name not in todo]
+    config["preset"] = dict(PRESET)          # what every variant trained with, beneath the suite's own settings
     report = write_suite_report(cfg.out, results, config=config, command=command, wall_seconds=wall,
                                 variant_labels={n: v.label for n, v in variants(cfg.common_word).items()})
     files.write_json(cfg.out / "suite_config.json", config)

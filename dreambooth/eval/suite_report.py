@@ -148,7 +148,8 @@ def write_suite_report(out: Path, results: dict, *, config: dict, command: str, 
           f"{len(results)} subject(s): {', '.join(results)}. Per subject: {config['photos']} photos, "
           f"{s['prompts'] or 'all'} world prompts x {s['images_per_prompt']} images, {s['class_images']} class "
           f"samples, {s['steps']} sampler steps, guidance {s['guidance_scale']}, seed {s['seed']} (image i of "
-          f"each prompt: seed + i). Training: {config['train_steps']} steps at lr {config['learning_rate']}, "
+          f"each prompt: seed + i). Training: {config['train_steps']} steps of "
+          f"{config.get('preset', {}).get('train_batch_size', 1)} photo(s) at lr {config['learning_rate']}, "
           f"{config['num_class_images']} class images, "
           + ("each photo on its caption (no_identifier: one prompt)" if config.get("captions")
              else "one prompt for every photo, as the paper") + ". Images: "
