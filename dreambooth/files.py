@@ -43,6 +43,25 @@ def remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (created if missing) while another process of this tool may be
+    writing the same one: two suite subjects side by side sharing a cache folder. The lock file is
+    released by the OS when its holder dies, so a killed run never leaves it stuck."""
+    try:
+        import fcntl
+    except ImportError:          # no POSIX locks (Windows): one process at a time is the caller's job
+        yield
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write a file or a folder to; on success it replaces `path` in one
     rename (a folder: the old one is renamed away first, then deleted). On any failure, Ctrl-C

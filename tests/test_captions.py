@@ -58,10 +58,10 @@ def test_each_view_is_conditioned_on_its_own_photos_prompt(tiny_sd):
     cond = conditioning(model, {}, views, "a photo of dog", TrainJob().train)
     ref = model.pipe.encode_prompt(["a photo of sks dog", "a photo of sks dog on a lawn", "a photo of dog"],
                                    device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
-    torch.testing.assert_close(cond([1, 2, 0], 2), ref[[0, 1, 1, 2, 2]])
+    torch.testing.assert_close(cond([1, 2, 0], [0, 1]), ref[[0, 1, 1, 2, 2]])
     # a trained text tower encodes the same rows each step
     trained = conditioning(model, {"text_encoder": model.pipe.text_encoder}, views, "a photo of dog", TrainJob().train)
-    torch.testing.assert_close(trained([1, 2, 0], 2), ref[[0, 1, 1, 2, 2]])
+    torch.testing.assert_close(trained([1, 2, 0], [0, 1]), ref[[0, 1, 1, 2, 2]])
 
 
 def test_dropped_captions_get_the_unconditional_embedding_guidance_uses(tiny_sd):
@@ -71,9 +71,23 @@ def test_dropped_captions_get_the_unconditional_embedding_guidance_uses(tiny_sd)
                                                 device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
     dropped = torch.tensor([False, True, True, False])                    # [photo 0, photo 1 ; class, class]
     for towers in ({}, {"text_encoder": model.pipe.text_encoder}):        # cached, and encoded every step
-        cond = conditioning(model, towers, views, "a photo of dog", TrainJob().train)([0, 1], 2, dropped)
+        cond = conditioning(model, towers, views, "a photo of dog", TrainJob().train)([0, 1], [0, 1], dropped)
         torch.testing.assert_close(cond[[0, 3]], cond_ref[[0, 2]])
         torch.testing.assert_close(cond[[1, 2]], uncond[[0, 0]])           # the empty prompt, as CFG encodes it
+
+
+def test_samples_of_the_empty_prompt_are_trained_unconditionally(tiny_sd):
+    """Class views from n_prompted on (--num_unconditional_images) get the unconditional embedding."""
+    model = load_model(ModelConfig(pretrained_model_name_or_path=str(tiny_sd)))
+    cond_ref, uncond = model.pipe.encode_prompt(["a photo of sks dog", "a photo of dog"], device="cpu",
+                                                num_images_per_prompt=1, do_classifier_free_guidance=True)
+    for towers in ({}, {"text_encoder": model.pipe.text_encoder}):
+        cond = conditioning(model, towers, ["a photo of sks dog"], "a photo of dog", TrainJob().train, n_prompted=3)
+        c = cond([0], [2, 3, 4])                                          # one class image, two unconditional
+        torch.testing.assert_close(c[[0, 1]], cond_ref[[0, 1]])
+        torch.testing.assert_close(c[[2, 3]], uncond[[0, 0]])
+        c = cond([0], [4, 1], torch.tensor([True, False, False]))         # and dropout still applies
+        torch.testing.assert_close(c, torch.cat([uncond[:1], uncond[:1], cond_ref[1:]]))
 
 
 def test_caption_dropout_flag_in_both_spellings(tiny_sd, photos, tmp_path):

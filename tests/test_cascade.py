@@ -47,7 +47,8 @@ def cascade(world, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DREAMBOOTH_CACHE", str(root / "cache"))
         assert main(["train", f"--instance-data-dir={root / 'photos'}", "--class-name=dog", "--with-prior-preservation",
-                     "--sr-max-train-steps=1", "--sr-crop=32", f"--output-dir={root / 'out'}"] + FAST) == 0
+                     "--sr-max-train-steps=1", "--sr-crop=32", "--num-unconditional-images=1",
+                     f"--output-dir={root / 'out'}"] + FAST) == 0
     return root / "out"
 
 
@@ -65,6 +66,8 @@ def test_one_command_trains_base_then_sr_with_step_a_class_images(cascade, world
     assert a["prior"]["class_prompt"] == b["prior"]["class_prompt"] and a["train"]["seed"] == b["train"]["seed"]
     assert b["train"]["max_train_steps"] == 1 and a["train"]["max_train_steps"] == 2
     assert b["superres"]["sr_crop"] == 32
+    # step (a) trained on a sample of the empty prompt too; step (b)'s pairs come from the class images only
+    assert (a["prior"]["num_unconditional_images"], b["prior"]["num_unconditional_images"]) == (1, 0)
     assert (cascade / "identifier.json").read_text() == (cascade / "sr" / "identifier.json").read_text()
     # SR class pairs: step (a)'s class images (32 px base samples) upscaled by the untouched SR model to 64 px
     step_a_class_dir = a["prior"]["class_data_dir"]

@@ -81,3 +81,44 @@ def test_the_cache_follows_the_weights_not_only_the_folder(tiny_sd, photos, tmp_
     save_file(tensors, weights)                               # the same folder, other weights
     assert "(0 found, 2 to generate)" in plan_says("c")
     assert len(list((tmp_path / "cache" / "class_images").iterdir())) == 2
+
+
+def test_unconditional_prior_images_are_drawn_once_for_every_class(tiny_sd, photos, tmp_path, capsys, monkeypatch):
+    """--num_unconditional_images: samples of the empty prompt, cached apart from any class, trained
+    among the class images on the empty prompt."""
+    from dreambooth.core import setup
+    monkeypatch.setenv("DREAMBOOTH_CACHE", str(tmp_path / "cache"))
+    seen, build = [], setup.conditioning
+
+    def recording(*args, **kwargs):
+        text = build(*args, **kwargs)
+        return lambda inst, cls, dropped=None: (seen.append((kwargs["n_prompted"], list(cls))), text(inst, cls, dropped))[1]
+    monkeypatch.setattr(setup, "conditioning", recording)
+    argv = ["train", f"--model={tiny_sd}", f"--instance-data-dir={photos}", "--with-prior-preservation",
+            "--num-class-images=2", "--num_unconditional_images=2", "--max-train-steps=4", "--class_inference_steps=2",
+            "--report_to=none", "--validation_inference_steps=2"]
+    assert main(argv + ["--class-name=dog", f"--output-dir={tmp_path / 'a'}"]) == 0
+    assert "unconditional prior: 2 samples of the empty prompt" in capsys.readouterr().out
+    folders = {json.loads((d / MANIFEST).read_text())["prompt"]: d for d in (tmp_path / "cache" / "class_images").iterdir()}
+    assert set(folders) == {"a photo of dog", ""} and len(list(folders[""].glob("class_*.png"))) == 2
+    assert {n for n, _ in seen} == {2} and {c for _, cls in seen for c in cls} == {0, 1, 2, 3}   # 2 class + 2 blank
+    assert json.loads((tmp_path / "a" / "plan.json").read_text())["class_views"] == 2
+    assert main(argv + ["--class-name=cat", f"--output-dir={tmp_path / 'b'}"]) == 0
+    assert "(2 found, 0 to generate), trained on the empty prompt" in capsys.readouterr().out      # any class's
+
+
+def test_images_another_process_drew_meanwhile_are_not_drawn_again(tiny_sd, tmp_path):
+    """Planned as missing, found on disk once the folder is ours: nothing is drawn (no extra indices)."""
+    from accelerate import Accelerator
+    from dreambooth.config import ModelConfig, TrainJob
+    from dreambooth.core.class_prior import ClassPlan, draw_class_images
+    from dreambooth.core.models import load_model
+    from dreambooth.data.class_images import ClassImageJob
+    from PIL import Image
+    for i in range(2):
+        Image.new("RGB", (32, 32), (i * 90, 0, 0)).save(tmp_path / f"class_{i:05d}.png")
+    job = ClassImageJob("a photo of dog", tmp_path, wanted=2, found=0, key="k")       # as planned before
+    model = load_model(ModelConfig(pretrained_model_name_or_path=str(tiny_sd)))
+    draw_class_images(ClassPlan(job, "recipe", steps=2), TrainJob(), model, Accelerator(cpu=True), {})
+    assert job.found == 2 and job.generated == 0 and sorted(p.name for p in tmp_path.glob("class_*")) == [
+        "class_00000.png", "class_00001.png"]

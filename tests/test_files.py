@@ -136,3 +136,14 @@ def test_a_reader_sees_the_old_or_the_new_pipeline_whenever_the_swap_is_killed(t
         assert _unet_value(out) == 0.75 and json.loads((out / "plan.json").read_text())["steps"] == 200
         assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []   # nothing stray
         assert (out / "checkpoint-100").is_dir()                                 # beside it, untouched
+
+
+def test_exclusive_waits_for_the_process_holding_the_folder(tmp_path):
+    code = ("import sys, time; from pathlib import Path; from dreambooth import files\n"
+            "with files.exclusive(Path(sys.argv[1])):\n"
+            "    print('held', flush=True); time.sleep(1); (Path(sys.argv[1]) / 'done').write_text('x')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    with files.exclusive(tmp_path):
+        assert (tmp_path / "done").exists()                               # it finished before we got in
+    assert proc.wait() == 0

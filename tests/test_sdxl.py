@@ -28,7 +28,7 @@ def sample(pipe, prompt):
 
 def test_text_conditioning_matches_the_pipeline(tiny_sdxl):
     model = load_model(ModelConfig(pretrained_model_name_or_path=str(tiny_sdxl)))
-    hidden, pooled = conditioning(model, {}, ["a photo of sks dog"], "a photo of dog", TrainJob().train)([0], 1)
+    hidden, pooled = conditioning(model, {}, ["a photo of sks dog"], "a photo of dog", TrainJob().train)([0], [0])
     ref, _, ref_pooled, _ = model.pipe.encode_prompt(["a photo of sks dog", "a photo of dog"],
                                                      do_classifier_free_guidance=False)
     assert hidden.shape[-1] == model.unet.config.cross_attention_dim    # both towers, side by side
@@ -37,10 +37,16 @@ def test_text_conditioning_matches_the_pipeline(tiny_sdxl):
     # a dropped caption gets the unconditional half exactly as the pipeline makes it (zeros when it forces them)
     _, neg, _, neg_pooled = model.pipe.encode_prompt(["a photo of sks dog"], do_classifier_free_guidance=True)
     hidden, pooled = conditioning(model, {}, ["a photo of sks dog"], "a photo of dog",
-                                  TrainJob().train)([0], 1, torch.tensor([True, False]))
+                                  TrainJob().train)([0], [0], torch.tensor([True, False]))
     torch.testing.assert_close(hidden[:1], neg)
     torch.testing.assert_close(pooled[:1], neg_pooled)
     torch.testing.assert_close(hidden[1:], ref[1:])
+    # so does a sample of the empty prompt (--num_unconditional_images), class view 1 here
+    hidden, pooled = conditioning(model, {}, ["a photo of sks dog"], "a photo of dog", TrainJob().train,
+                                  n_prompted=1)([0], [1, 0])
+    torch.testing.assert_close(hidden[1:2], neg)
+    torch.testing.assert_close(pooled[1:2], neg_pooled)
+    torch.testing.assert_close(hidden[[0, 2]], ref)
 
 
 def test_time_ids_follow_each_crop():

@@ -85,6 +85,8 @@ def sr_step(job: TrainJob, out: Path) -> TrainJob:
              train=r(a.train, max_train_steps=s.sr_max_train_steps or a.train.max_train_steps),
              optim=r(a.optim, learning_rate=s.sr_learning_rate or a.optim.learning_rate),
              superres=s,     # this command's SR settings (--sr_crop, noise levels), as for steps and rate
+             # its class pairs come from step (a)'s class images; empty-prompt samples are step (a)'s alone
+             prior=r(a.prior, num_unconditional_images=0),
              # a checkpoint folder named for step (a) means nothing to step (b): it resumes its own latest
              checkpoint=r(a.checkpoint, resume_from_checkpoint="latest" if spec else None),
              # A1111 / ComfyUI layouts exist for base SD / SDXL models, not for SR models

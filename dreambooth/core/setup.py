@@ -163,7 +163,8 @@ def plan_run(job: TrainJob) -> Draft:
     lrs = scaled_lrs(job, lrs, accelerator.num_processes)
     class_job = class_plan.images if class_plan else None
     notes = photos.notes + caption_notes + unused_captions_note(photos.photos, d.caption_extension) + \
-        photo_notes(photos.photos, model.resolution) + (class_job.notes if class_job else [])
+        photo_notes(photos.photos, model.resolution) + (class_job.notes if class_job else []) + \
+        unconditional_notes(class_plan)
     plan = Plan.build(job, model=model, device=str(accelerator.device), n_photos=len(photos.photos),
                       n_views=len(views), skipped=photos.skipped, notes=notes, class_job=class_job,
                       n_class_views=class_plan.n_views(job.prior.num_class_images) if class_plan else 0,
@@ -174,6 +175,13 @@ def plan_run(job: TrainJob) -> Draft:
                  instance_prompt=instance_prompt, class_prompt=class_prompt, views=views,
                  view_prompts=[prompts[i] for i in source], class_plan=class_plan,
                  trainable=trainable, lrs=lrs, max_steps=max_steps, plan=plan)
+
+
+def unconditional_notes(plan: ClassPlan | None) -> list[str]:
+    u = plan.unconditional if plan else None
+    return [] if u is None else u.notes + [
+        f"unconditional prior: {u.wanted} samples of the empty prompt in {u.folder} ({u.found} found, "
+        f"{u.missing} to generate), trained on the empty prompt among the class images"]
 
 
 def prepare_run(draft: Draft) -> Run:
@@ -188,17 +196,22 @@ def prepare_run(draft: Draft) -> Run:
 
     # Encode every view once; steps only index into these tensors.
     instance_x0 = encode_views(views, model.encode_images).to(accelerator.device)
-    class_x0, cviews = instance_x0[:0], []
+    class_x0, cviews, n_prompted = instance_x0[:0], [], 0
     if class_job is not None:
-        class_photos = read_image_folder(class_job.folder, role="class").photos[: p.num_class_images]
-        cviews, _ = make_views([ph.image for ph in class_photos], model.resolution, center_crop=True,
-                               random_flip=d.random_flip, random_views=1, seed=t.seed)
+        # [class images ; samples of the empty prompt]: one view each, the second kind trained unprompted
+        for folder, n in ((class_job.folder, p.num_class_images),
+                          *(((u.folder, u.wanted),) if (u := draft.class_plan.unconditional) else ())):
+            photos = read_image_folder(folder, role="class").photos[:n]
+            cviews += make_views([ph.image for ph in photos], model.resolution, center_crop=True,
+                                 random_flip=d.random_flip, random_views=1, seed=t.seed)[0]
+            n_prompted = n_prompted or len(cviews)
         class_x0 = encode_views(cviews, model.encode_images).to(accelerator.device)
-        draft.plan.class_views = len(class_x0)   # as found on disk (the plan counted before drawing)
+        draft.plan.class_views = n_prompted      # as found on disk (the plan counted before drawing)
     inputs = _inputs(model, job, torch.cat([instance_x0, class_x0]), views, cviews, accelerator.device)
     # SR validation upsamples the first photo's low-res view, as a base model's sample would be upsampled.
     sample_inputs = {} if model.sr is None else {"image": [views[0].resize((model.sr.lowres,) * 2, Image.BOX)]}
-    text = conditioning(model, trainable, draft.view_prompts, draft.class_prompt if class_job else None, t)
+    text = conditioning(model, trainable, draft.view_prompts, draft.class_prompt if class_job else None, t,
+                        n_prompted=n_prompted)
     optimizer, lr_scheduler = make_optimizer(job, trainable, draft.lrs, draft.max_steps, accelerator)
     settled = {f.name: getattr(draft, f.name) for f in dataclasses.fields(Settled)} | {"trainable": trainable}
     return Run(**settled, inputs=inputs, sample_inputs=sample_inputs,

@@ -41,10 +41,11 @@ def _pick(cond, index: Tensor):
 
 
 def conditioning(model: Model, encoders: dict[str, torch.nn.Module], view_prompts: list[str], class_prompt: str | None,
-                 t) -> Callable[[list[int], int, Tensor | None], object]:
-    """(instance view indices, n_class, dropped) -> the conditioning of a batch laid out [instance views ;
-    class views]; rows where `dropped` (B,) is True get the empty prompt's, as classifier-free guidance
-    encodes its unconditional half (zeros where the pipeline forces them, SDXL). `view_prompts`: each
+                 t, n_prompted: int | None = None) -> Callable[[list[int], list[int], Tensor | None], object]:
+    """(instance view indices, class view indices, dropped) -> the conditioning of a batch laid out
+    [instance views ; class views]; rows where `dropped` (B,) is True get the empty prompt's, as
+    classifier-free guidance encodes its unconditional half (zeros where the pipeline forces them, SDXL).
+    So do class views from `n_prompted` on: the model's samples of the empty prompt. `view_prompts`: each
     instance view's prompt (its photo's caption, or the instance prompt). `encoders`: each tower by
     name, the trained ones as wrapped for training."""
     prompts = list(dict.fromkeys(view_prompts + ([class_prompt] if class_prompt else []) + [""]))   # distinct
@@ -60,8 +61,13 @@ def conditioning(model: Model, encoders: dict[str, torch.nn.Module], view_prompt
     ids = [i for i, _ in tokens]
     masks = [m if use_mask else None for _, m in tokens]
 
-    def rows(inst: list[int], n_class: int, dropped: Tensor | None) -> Tensor:
-        r = torch.cat([view_row[inst], torch.full((n_class,), class_row)])
+    def unprompted(inst: list[int], cls: list[int], dropped: Tensor | None) -> Tensor | None:
+        """(B,) rows that get the unconditional encoding: dropped, or a sample of the empty prompt."""
+        blank_views = torch.tensor([False] * len(inst) + [n_prompted is not None and c >= n_prompted for c in cls])
+        return (blank_views | dropped.cpu()) if dropped is not None else (blank_views if blank_views.any() else None)
+
+    def rows(inst: list[int], cls: list[int], dropped: Tensor | None) -> Tensor:
+        r = torch.cat([view_row[inst], torch.full((len(cls),), class_row)])
         return r if dropped is None else torch.where(dropped, empty_row, r)
 
     def blank(cond, dropped: Tensor | None):
@@ -71,8 +77,9 @@ def conditioning(model: Model, encoders: dict[str, torch.nn.Module], view_prompt
         return tuple(keep(c) for c in cond) if isinstance(cond, tuple) else keep(cond)
 
     if any(n in encoders for n in names):      # a tower trains: encode every step
-        def per_step(inst: list[int], n_class: int, dropped: Tensor | None = None):
-            r = rows(inst, n_class, dropped)
+        def per_step(inst: list[int], cls: list[int], dropped: Tensor | None = None):
+            dropped = unprompted(inst, cls, dropped)
+            r = rows(inst, cls, dropped)
             return blank(encode(towers, [i[r] for i in ids], [None if m is None else m[r] for m in masks],
                                 model.added_cond), dropped)
         return per_step
@@ -82,8 +89,11 @@ def conditioning(model: Model, encoders: dict[str, torch.nn.Module], view_prompt
     if t.pre_compute_text_embeddings:
         for te in towers:
             te.to("cpu")   # frees accelerator memory; still saved with the pipeline at the end
-    return lambda inst, n_class, dropped=None: blank(_pick(table, rows(inst, n_class, dropped).to(_device(table))),
-                                                     dropped)
+
+    def cached(inst: list[int], cls: list[int], dropped: Tensor | None = None):
+        dropped = unprompted(inst, cls, dropped)
+        return blank(_pick(table, rows(inst, cls, dropped).to(_device(table))), dropped)
+    return cached
 
 
 def _device(cond) -> torch.device:

@@ -85,7 +85,7 @@ def compute_loss(run: Run, micro_step: int) -> LossParts:
     noise = sample_noise(x0.shape, gen, offset=run.job.train.offset_noise).to(x0.device)
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
     dropped = torch.rand(x0.shape[0], generator=gen) < run.job.data.caption_dropout_rate     # (B,) drawn last
-    cond = run.text(inst, len(cls), dropped)                                   # (B, L, D)
+    cond = run.text(inst, cls, dropped)                                        # (B, L, D)
     pred = run.model.predict(add_noise(x0, noise, t, alphas), t, cond, **extras)
     target = noise_target(run.model.prediction_type, x0, noise, t, alphas)
     gamma = run.job.train.snr_gamma
