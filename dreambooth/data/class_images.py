@@ -149,7 +149,7 @@ def generate_class_images(job: ClassImageJob, pipe, *, seed: int, steps: int, gu
         i += 1
     seeds = [seed * 100_003 + i for i in todo]
     written = []
-    bar = tqdm(total=len(todo), desc="class images", unit="img")
+    bar = tqdm(total=len(todo), desc="class images" if job.prompt else "unconditional images", unit="img")
     for k, image in generate(pipe, [job.prompt] * len(todo), seeds, steps=steps, guidance_scale=guidance_scale,
                              batch_size=batch_size, images=None if inputs is None else [inputs[i] for i in todo],
                              **pipe_kwargs):
