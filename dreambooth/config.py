@@ -105,9 +105,9 @@ class PriorConfig:
     num_unconditional_images: int = opt(
         0, "Also preserve the unconditional prediction, the half of classifier-free guidance no prompt trains: "
            "this many of the model's own samples of the empty prompt join the class images and are trained on "
-           "the empty prompt. Without it fine-tuning drags that prediction towards the subject, and guidance then "
-           "pushes class samples away from the subject into a narrow corner. 0: off, as diffusers. Base models "
-           "only.", at_least=0, at_most=1_000_000)
+           "the empty prompt. 0: off, as diffusers. Base models only. (Measured in the micro world: more diverse "
+           "class samples for some subjects, class samples closer to the subject for others; no gain over 12.)",
+        at_least=0, at_most=1_000_000)
     prior_loss_weight: float = opt(1.0, "Weight of the prior-preservation loss.", at_least=0)
     sample_batch_size: int = opt(4, "Batch size for generating class images (doubled by guidance).", at_least=1)
     class_inference_steps: int = opt(25, "Sampler steps per generated class image.", at_least=1, at_most=1000)

@@ -80,7 +80,7 @@ class SuiteConfig:
     learning_rate: float = PRESET["learning_rate"]
     lora_learning_rate: float | None = None   # the lora variant's rate (None: learning_rate)
     num_class_images: int = PRESET["num_class_images"]
-    train_text_encoder: bool = False
+    train_text_encoder: bool = PRESET.get("train_text_encoder", False)
     sr_train_steps: int = PRESET["sr_max_train_steps"]      # step (b), at the preset's sr_learning_rate
     use_sr: bool = True                       # render through the world's SR model when it has one
     jobs: int = 2                             # subjects run side by side, in one-thread processes
