@@ -56,3 +56,33 @@ def test_grid_layout():
     grid = make_grid(ims, cols=3)
     assert grid.size == (24, 12)
     assert grid.getpixel((8 * 1 + 1, 1)) == (40, 0, 0) and grid.getpixel((1, 7)) == (120, 0, 0)
+
+
+def test_ddim_on_a_clip_sample_model_steps_along_the_clipped_x0():
+    """DDIM's step from x_t is x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps, with eps the noise that
+    x_t and x0 imply. Where the model's x0 overshoots [-1, 1] and is clamped, eps must come from the
+    clamped x0 too; diffusers' default keeps the unclipped one, and over 25 steps that mismatch turned
+    the world base's DDIM samples into saturated noise (4 steps hid it)."""
+    import torch
+    from types import SimpleNamespace
+
+    from diffusers import DDIMScheduler
+
+    from dreambooth.world.pretrain.diffusion import world_scheduler
+    holder = SimpleNamespace(scheduler=world_scheduler())
+    assert holder.scheduler.config.prediction_type == "v_prediction"
+    x = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    x0_hat = torch.linspace(-1.8, 1.8, 48).view(1, 3, 4, 4)            # half of it outside [-1, 1]
+    with sampler(holder, "DDIMScheduler"):
+        s = holder.scheduler
+        s.set_timesteps(25)
+        t, t_prev = s.timesteps[10], s.timesteps[11]
+        a, a_prev = s.alphas_cumprod[t], s.alphas_cumprod[t_prev]
+        v = (a.sqrt() * x - x0_hat) / (1 - a).sqrt()                   # the v whose x0 is x0_hat
+        ours = s.step(v, t, x).prev_sample
+    x0 = x0_hat.clamp(-1, 1)
+    eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+    assert torch.allclose(ours, a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps, atol=1e-5)
+    plain = DDIMScheduler.from_config(world_scheduler().config)
+    plain.set_timesteps(25)
+    assert (plain.step(v, t, x).prev_sample - ours).abs().max() > 0.05   # what the default does instead
