@@ -123,7 +123,8 @@ class PriorConfig:
 @dataclass
 class OptimConfig:
     learning_rate: float = opt(5e-6, "Learning rate of the UNet.", above=0, at_most=10)
-    text_encoder_lr: float | None = opt(None, "Learning rate of the text encoder (default: learning_rate).", above=0,
+    text_encoder_lr: float | None = opt(None, "Learning rate of the text encoder, and of the identifier's embedding "
+                                              "with --train_text_encoder_ti (default: learning_rate).", above=0,
                                         at_most=10)
     scale_lr: bool = opt(False, "Multiply learning rates by batch size x accumulation x processes.")
     lr_scheduler: str = opt("constant", "Learning-rate schedule.", choices=(
@@ -161,6 +162,12 @@ class TrainConfig:
     seed: int = opt(0, "Seed for identifier choice, class images, noise and validation.", at_least=0,
                      at_most=2**32 - 1)
     train_text_encoder: bool = opt(False, "Also fine-tune the text encoder (the paper does).")
+    train_text_encoder_ti: bool = opt(False, "Pivotal tuning, as diffusers' advanced DreamBooth script: also learn the "
+                                             "identifier's token embedding (at --text_encoder_lr, no weight decay), "
+                                             "the rest of the text encoder frozen, so prompts without the identifier "
+                                             "encode as before. With --lora the rows are saved beside the adapter "
+                                             "(identifier_embeddings.safetensors); --train_text_encoder already "
+                                             "includes them.")
     mixed_precision: str = opt("no", "Autocast precision; trainable weights (full weights or LoRA adapters) stay "
                                      "fp32. With --lora the frozen base weights are stored in this precision.",
                                choices=("no", "fp16", "bf16"))

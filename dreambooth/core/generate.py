@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig
-from ..export.names import INDEX, SR_SUBDIR, WEIGHTS, has_export
+from ..export.names import EMBEDDINGS, INDEX, SR_SUBDIR, WEIGHTS, has_export
 from .identifier import PLACEHOLDERS, fill_identifier
 from .models import Model, is_super_resolution, load_model
 from .sample import generate, make_grid, sampler
@@ -110,6 +110,9 @@ def load_lora(pipe, lora: str, scale: float) -> str | None:
                               f"{str(e).splitlines()[0][:300]} Pass the base model the LoRA was trained on as --model."
                               ) from None
     pipe.set_adapters("dreambooth", scale)
+    if path.is_dir() and (path / EMBEDDINGS).is_file():   # trained with --train_text_encoder_ti
+        from .embedding import load_rows
+        load_rows(pipe, path / EMBEDDINGS)
     return read_identifier(path) if path.is_dir() else file_identifier(file)
 
 

@@ -89,6 +89,14 @@ def choose_identifier(tokenizer, seed: int = 0, exclude: tuple[str, ...] = (), a
     raise ValueError("the tokenizer has no short single-token word to use as an identifier")
 
 
+PROMPT_WORDS = frozenset({"photo", "picture", "image", "the"})
+
+
+def is_common_word(word: str) -> bool:
+    """A word prompts use anyway ('of', 'photo'): no identifier, whatever its position."""
+    return word.lower() in COMMON_WORDS or word.lower() in PROMPT_WORDS
+
+
 def find_identifier(prompt: str, class_name: str | None) -> str | None:
     """Guess the identifier in a user's prompt: the word before the class noun, else the first
     word that is not a common word."""
@@ -97,7 +105,7 @@ def find_identifier(prompt: str, class_name: str | None) -> str | None:
         i = words.index(class_name.lower())
         if i > 0:
             return words[i - 1]
-    unusual = [w for w in words if w not in COMMON_WORDS and w not in {"photo", "picture", "image", "the"}]
+    unusual = [w for w in words if not is_common_word(w)]
     return unusual[0] if unusual else None
 
 

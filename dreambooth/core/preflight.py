@@ -23,9 +23,10 @@ def preflight(job: TrainJob) -> None:
     if p.with_prior_preservation and p.num_class_images < 1:
         raise DreamboothError("--with_prior_preservation needs class images: set --num_class_images to 1 or more "
                               "(the paper uses 200; 50-100 is usual), or drop --with_prior_preservation.")
-    if t.train_text_encoder and t.pre_compute_text_embeddings:
+    if (t.train_text_encoder or t.train_text_encoder_ti) and t.pre_compute_text_embeddings:
+        flag = "--train_text_encoder" if t.train_text_encoder else "--train_text_encoder_ti"
         raise DreamboothError("--pre_compute_text_embeddings freezes the text encoder's output, so it cannot be "
-                              "combined with --train_text_encoder. Drop one of the two.")
+                              f"combined with {flag}. Drop one of the two.")
     if job.optim.optimizer.lower() not in ("adamw", "prodigy"):
         raise DreamboothError(f"--optimizer {job.optim.optimizer!r} is not available; choose adamw or prodigy.")
     check_adapter_flags(job)

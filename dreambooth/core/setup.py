@@ -151,7 +151,7 @@ def plan_run(job: TrainJob) -> Draft:
     model.pipe.to(accelerator.device)
     configure_super_resolution(model, job)
     class_plan = plan_class_prior(job, model, class_prompt, accelerator)
-    trainable, params = open_trainable(model, job)
+    trainable, params = open_trainable(model, job, identifier)
 
     prompts, caption_notes = photo_prompts(photos.photos, d.caption_extension, identifier, instance_prompt)
     views, source = make_views([ph.image for ph in photos.photos], model.resolution, center_crop=d.center_crop,
@@ -277,7 +277,7 @@ def check_request(job: TrainJob):
     if p.with_prior_preservation and is_super_resolution(job.model.pretrained_model_name_or_path):
         step_a_class_images(p)   # an SR model needs step (a)'s class images: say so before loading anything
     lrs = {"unet": o.learning_rate}
-    if t.train_text_encoder:   # rates are > 0: the config's ranges
+    if t.train_text_encoder or t.train_text_encoder_ti:   # rates are > 0: the config's ranges
         lrs["text_encoder"] = o.text_encoder_lr if o.text_encoder_lr is not None else o.learning_rate
     if o.use_8bit_adam:
         check_bitsandbytes()

@@ -19,24 +19,42 @@ from ..config import TrainJob
 from ..errors import DreamboothError
 from . import lora
 from .models import Model, make_predictor, parameter_report
-from .text import tower_names
+from .identifier import is_common_word
+from .embedding import identifier_token_ids, open_identifier_rows, trained_rows
+from .text import TOWERS, tower_names
 
 
-def open_trainable(model: Model, job: TrainJob) -> tuple[dict[str, torch.nn.Module], dict]:
+def open_trainable(model: Model, job: TrainJob, identifier: str) -> tuple[dict[str, torch.nn.Module], dict]:
     """Freeze everything, then open up the UNet (and text encoders): all their weights, or a LoRA
-    adapter in each (--lora). -> (modules, param report). Modes, precision and wrappers are left as
+    adapter in each (--lora); with --train_text_encoder_ti alone, only the identifier's embedding rows
+    of each text encoder. -> (modules, param report). Modes, precision and wrappers are left as
     loaded: `ready_trainable` sets them once the class images are drawn."""
     for module in model.pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
-    names = ["unet"] + (tower_names(model.pipe) if job.train.train_text_encoder else [])
+    t = job.train
+    pivotal = t.train_text_encoder_ti and not t.train_text_encoder   # a trained tower trains its rows anyway
+    names = ["unet"] + (tower_names(model.pipe) if t.train_text_encoder or pivotal else [])
     trainable = {name: getattr(model.pipe, name) for name in names}
-    if job.adapter.lora:
-        lora.add_adapters(trainable, job.adapter)
+    if job.adapter.lora:   # pivotal tuning's towers take no adapter: their rows train as they are
+        lora.add_adapters({n: m for n, m in trainable.items() if n == "unet" or not pivotal}, job.adapter)
     else:
         for module in trainable.values():
             module.requires_grad_(True)
     params = parameter_report(trainable)
+    if pivotal:
+        for tok_name, name in TOWERS:
+            if name in trainable:
+                ids = identifier_token_ids(getattr(model.pipe, tok_name), identifier)
+                if not ids or is_common_word(identifier):
+                    found = f" (the word before the class noun is {identifier!r}, a common word: learning it would " \
+                            "change every prompt that uses it)" if ids else ""
+                    raise DreamboothError("--train_text_encoder_ti learns the identifier's embedding, but this run's "
+                                          f"instance prompt has no rare identifier{found}. Give --identifier (or an "
+                                          "instance prompt with a rare token before the class noun), or add "
+                                          "--no-train_text_encoder_ti.")
+                open_identifier_rows(trainable[name], ids)
+                params[name] = (len(ids) * trainable[name].get_input_embeddings().embedding_dim, params[name][1])
     for name, (n_train, _) in params.items():
         if n_train == 0:
             raise DreamboothError(f"The {name} was asked to train but has 0 trainable parameters.")
@@ -82,8 +100,10 @@ def make_optimizer(job: TrainJob, trainable: dict, lrs: dict[str, float], max_st
     -> (optimizer, schedule)."""
     o = job.optim
     te_decay = o.adam_weight_decay if o.adam_weight_decay_text_encoder is None else o.adam_weight_decay_text_encoder
+    # Pivotal tuning's group gets no decay: decoupled decay would shrink every row of the embedding table.
     groups = [{"params": [q for q in m.parameters() if q.requires_grad], "lr": lrs[n],
-               "weight_decay": o.adam_weight_decay if n == "unet" else te_decay} for n, m in trainable.items()]
+               "weight_decay": 0.0 if trained_rows(m) is not None else o.adam_weight_decay if n == "unet"
+               else te_decay} for n, m in trainable.items()]
     if o.optimizer.lower() == "prodigy":
         import prodigyopt
         optimizer = prodigyopt.Prodigy(groups, betas=(o.adam_beta1, o.adam_beta2), beta3=o.prodigy_beta3,

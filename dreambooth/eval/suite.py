@@ -81,6 +81,8 @@ class SuiteConfig:
     lora_learning_rate: float | None = None   # the lora variant's rate (None: learning_rate)
     num_class_images: int = PRESET["num_class_images"]
     train_text_encoder: bool = PRESET.get("train_text_encoder", False)
+    # pivotal tuning where there is an identifier to learn (not in the no_identifier variant)
+    train_text_encoder_ti: bool = PRESET.get("train_text_encoder_ti", False)
     sr_train_steps: int = PRESET["sr_max_train_steps"]      # step (b), at the preset's sr_learning_rate
     use_sr: bool = True                       # render through the world's SR model when it has one
     jobs: int = 2                             # subjects run side by side, in one-thread processes
@@ -135,6 +137,7 @@ def train_job(cfg: SuiteConfig, subject: Subject, photos: Path, variant: Variant
     job.train.max_train_steps = cfg.train_steps
     job.train.seed = cfg.settings.seed
     job.train.train_text_encoder = cfg.train_text_encoder
+    job.train.train_text_encoder_ti = cfg.train_text_encoder_ti and variant.identifier != ""
     job.checkpoint.checkpointing_steps = max(cfg.train_steps, cfg.sr_train_steps)   # only the final one
     job.checkpoint.checkpoints_total_limit = 1
     job.output.output_dir = str(out)

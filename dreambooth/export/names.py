@@ -13,6 +13,7 @@ from pathlib import Path
 INDEX = "model_index.json"                          # a diffusers pipeline folder
 WEIGHTS = "pytorch_lora_weights.safetensors"        # LoRA in diffusers' layout
 KOHYA = "pytorch_lora_weights_kohya.safetensors"    # LoRA in kohya's layout (A1111, ComfyUI)
+EMBEDDINGS = "identifier_embeddings.safetensors"    # a LoRA run's learned identifier rows (--train_text_encoder_ti)
 SR_SUBDIR = "sr"                                    # step (b)'s output inside step (a)'s
 SR_HINT = "dreambooth_sr.json"                      # an SR pipeline's low-res size and best sampling (ours)
 EXPORT_MARKERS = (INDEX, WEIGHTS)                   # an output folder holding one of these holds an export
@@ -28,8 +29,9 @@ def single_file_name(output_dir: Path) -> str:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The one-file weights an export folder holds: its LoRA (diffusers' and kohya's layouts) or its
-    single-file checkpoint (only a pipeline folder has one; a LoRA folder's own name is not looked up)."""
+    """The one-file weights an export folder holds: its LoRA (diffusers' and kohya's layouts, and the
+    identifier rows that go with it) or its single-file checkpoint (only a pipeline folder has one; a LoRA
+    folder's own name is not looked up)."""
     folder = Path(folder)
-    names = [WEIGHTS, KOHYA] + ([single_file_name(folder)] if (folder / INDEX).exists() else [])
+    names = [WEIGHTS, EMBEDDINGS, KOHYA] + ([single_file_name(folder)] if (folder / INDEX).exists() else [])
     return [folder / name for name in dict.fromkeys(names) if (folder / name).is_file()]

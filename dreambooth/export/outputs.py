@@ -11,8 +11,9 @@ from typing import Callable
 
 from ..config import TrainJob
 from ..errors import DreamboothError
+from ..core.embedding import save_rows, trained_rows
 from . import lora as lora_files
-from .names import EXPORT_MARKERS, SR_HINT, has_export, single_file_name  # noqa: F401 (re-exported)
+from .names import EMBEDDINGS, EXPORT_MARKERS, SR_HINT, has_export, single_file_name  # noqa: F401 (re-exported)
 
 A1111_FAMILIES = ("sd", "sdxl")
 
@@ -71,10 +72,14 @@ def save_pipeline(run, folder: Path) -> str:
 
 def save_adapter(run, folder: Path) -> str:
     family = run.model.family
-    modules = {n: run.accelerator.unwrap_model(m) for n, m in run.trainable.items()}
+    unwrapped = {n: run.accelerator.unwrap_model(m) for n, m in run.trainable.items()}
+    rows = {n: m for n, m in unwrapped.items() if trained_rows(m) is not None}   # pivotal tuning's towers
+    modules = {n: m for n, m in unwrapped.items() if n not in rows}
     meta = lora_files.describe(run, family)
     written = [lora_files.save_lora(run.model.pipe, modules, Path(folder), meta)]
-    if run.job.output.output_kohya_format:
+    if rows:
+        written.append(save_rows(rows, Path(folder) / EMBEDDINGS, meta))
+    if run.job.output.output_kohya_format:   # the adapter only: kohya's readers take embeddings as their own files
         a = run.job.adapter
         written.append(lora_files.save_kohya(modules, Path(folder) / lora_files.KOHYA, family,
                                              a.lora_alpha or a.rank, meta))
