@@ -79,9 +79,11 @@ def conditioning(model: Model, encoders: dict[str, torch.nn.Module], view_prompt
     if any(n in encoders for n in names):      # a tower trains: encode every step
         def per_step(inst: list[int], cls: list[int], dropped: Tensor | None = None):
             dropped = unprompted(inst, cls, dropped)
-            r = rows(inst, cls, dropped)
-            return blank(encode(towers, [i[r] for i in ids], [None if m is None else m[r] for m in masks],
-                                model.added_cond), dropped)
+            # each distinct prompt once (a batch repeats the class prompt and often a caption): the
+            # tower's forward and backward are most of a pivotal-tuning step's extra cost
+            r, spread = torch.unique(rows(inst, cls, dropped), return_inverse=True)
+            cond = encode(towers, [i[r] for i in ids], [None if m is None else m[r] for m in masks], model.added_cond)
+            return blank(_pick(cond, spread.to(_device(cond))), dropped)
         return per_step
     with torch.no_grad():
         table = encode(towers, ids, masks, model.added_cond)     # (prompts, L, D), computed once
