@@ -81,7 +81,7 @@ class SuiteConfig:
     lora_learning_rate: float | None = None   # the lora variant's rate (None: learning_rate)
     num_class_images: int = PRESET["num_class_images"]
     train_text_encoder: bool = PRESET.get("train_text_encoder", False)
-    # pivotal tuning where there is an identifier to learn (not in the no_identifier variant)
+    # pivotal tuning where the identifier is a rare token (not in the no_identifier and common_word variants)
     train_text_encoder_ti: bool = PRESET.get("train_text_encoder_ti", False)
     sr_train_steps: int = PRESET["sr_max_train_steps"]      # step (b), at the preset's sr_learning_rate
     use_sr: bool = True                       # render through the world's SR model when it has one
@@ -137,7 +137,8 @@ def train_job(cfg: SuiteConfig, subject: Subject, photos: Path, variant: Variant
     job.train.max_train_steps = cfg.train_steps
     job.train.seed = cfg.settings.seed
     job.train.train_text_encoder = cfg.train_text_encoder
-    job.train.train_text_encoder_ti = cfg.train_text_encoder_ti and variant.identifier != ""
+    # a rare identifier of the tool's choice (None); no_identifier has none, common_word's would change every prompt
+    job.train.train_text_encoder_ti = cfg.train_text_encoder_ti and variant.identifier is None
     job.checkpoint.checkpointing_steps = max(cfg.train_steps, cfg.sr_train_steps)   # only the final one
     job.checkpoint.checkpoints_total_limit = 1
     job.output.output_dir = str(out)
