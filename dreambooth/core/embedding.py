@@ -25,16 +25,29 @@ def identifier_token_ids(tokenizer, identifier: str) -> list[int]:
 
 
 def open_identifier_rows(tower: torch.nn.Module, ids: list[int]) -> None:
-    """Freeze `tower` except rows `ids` of its input embeddings. The whole table becomes a parameter,
-    but a gradient hook zeroes every other row, and the optimizer gives the group no weight decay
-    (`trained_rows`), so AdamW leaves those rows bit for bit as they were."""
+    """Freeze `tower` and give its input embeddings a small trainable copy of rows `ids` (`rows`, (k, D)),
+    which replaces those rows' lookups in the forward pass. Only the k rows are a parameter, so AdamW's
+    moments and a checkpoint hold k x D numbers, not the whole table (SDXL's two: 101M). state_dict()
+    writes them back into the table, so a saved text encoder has its usual keys with the learned rows."""
     tower.requires_grad_(False)
-    weight = tower.get_input_embeddings().weight
-    weight.requires_grad_(True)
-    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-    mask[ids] = 1
-    weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
+    emb = tower.get_input_embeddings()
+    emb.register_parameter("rows", torch.nn.Parameter(emb.weight[ids].detach().clone()))
+    emb.register_buffer("row_ids", torch.tensor(ids, device=emb.weight.device), persistent=False)
+    emb.register_forward_hook(_substitute_rows)
+    emb.register_state_dict_post_hook(_merge_rows)
     tower.trained_rows = list(ids)
+
+
+def _substitute_rows(emb, inputs, out):
+    match = (inputs[0].unsqueeze(-1) == emb.row_ids).to(out.dtype)             # (B, L, k) one-hot
+    return torch.where(match.any(-1, keepdim=True).bool(), match @ emb.rows.to(out.dtype), out)
+
+
+def _merge_rows(emb, state_dict, prefix, local_metadata) -> None:
+    rows = state_dict.pop(prefix + "rows")
+    table = state_dict[prefix + "weight"].clone()
+    table[emb.row_ids] = rows.detach().to(table.dtype)
+    state_dict[prefix + "weight"] = table
 
 
 def trained_rows(module: torch.nn.Module) -> list[int] | None:
@@ -47,8 +60,7 @@ def save_rows(modules: dict[str, torch.nn.Module], path: Path, metadata: dict[st
     header. (The adapter file has no place for them; diffusers' advanced script also writes a separate
     embeddings file.)"""
     from safetensors.torch import save_file
-    tensors = {name: m.get_input_embeddings().weight[trained_rows(m)].detach().float().contiguous()
-               for name, m in modules.items()}
+    tensors = {name: m.get_input_embeddings().rows.detach().float().contiguous() for name, m in modules.items()}
     ids = {name: trained_rows(m) for name, m in modules.items()}
     with files.atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={**metadata, "dreambooth.token_ids": json.dumps(ids)})

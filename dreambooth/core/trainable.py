@@ -41,20 +41,23 @@ def open_trainable(model: Model, job: TrainJob, identifier: str) -> tuple[dict[s
     else:
         for module in trainable.values():
             module.requires_grad_(True)
-    params = parameter_report(trainable)
     if pivotal:
+        if is_common_word(identifier):
+            raise DreamboothError("--train_text_encoder_ti learns the identifier's embedding, but this run's "
+                                  f"identifier {identifier!r} is a common word (the word before the class noun): "
+                                  "learning it would change every prompt that uses it. Give --identifier (or an "
+                                  "instance prompt with a rare token before the class noun), or add "
+                                  "--no-train_text_encoder_ti.")
         for tok_name, name in TOWERS:
             if name in trainable:
                 ids = identifier_token_ids(getattr(model.pipe, tok_name), identifier)
-                if not ids or is_common_word(identifier):
-                    found = f" (the word before the class noun is {identifier!r}, a common word: learning it would " \
-                            "change every prompt that uses it)" if ids else ""
-                    raise DreamboothError("--train_text_encoder_ti learns the identifier's embedding, but this run's "
-                                          f"instance prompt has no rare identifier{found}. Give --identifier (or an "
+                if not ids:
+                    raise DreamboothError("--train_text_encoder_ti learns the identifier's embedding, but this "
+                                          "run's instance prompt has no identifier. Give --identifier (or an "
                                           "instance prompt with a rare token before the class noun), or add "
                                           "--no-train_text_encoder_ti.")
                 open_identifier_rows(trainable[name], ids)
-                params[name] = (len(ids) * trainable[name].get_input_embeddings().embedding_dim, params[name][1])
+    params = parameter_report(trainable)
     for name, (n_train, _) in params.items():
         if n_train == 0:
             raise DreamboothError(f"The {name} was asked to train but has 0 trainable parameters.")
@@ -100,7 +103,7 @@ def make_optimizer(job: TrainJob, trainable: dict, lrs: dict[str, float], max_st
     -> (optimizer, schedule)."""
     o = job.optim
     te_decay = o.adam_weight_decay if o.adam_weight_decay_text_encoder is None else o.adam_weight_decay_text_encoder
-    # Pivotal tuning's group gets no decay: decoupled decay would shrink every row of the embedding table.
+    # Pivotal tuning's rows get no decay (as measured in session 14): the identifier keeps what it learns.
     groups = [{"params": [q for q in m.parameters() if q.requires_grad], "lr": lrs[n],
                "weight_decay": 0.0 if trained_rows(m) is not None else o.adam_weight_decay if n == "unet"
                else te_decay} for n, m in trainable.items()]
