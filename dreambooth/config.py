@@ -251,7 +251,8 @@ class OutputConfig:
     logging_dir: str = opt("logs", "TensorBoard folder, relative to output_dir.")
     report_to: str = opt("tensorboard", "Logger: 'tensorboard' or 'none'.", choices=("tensorboard", "none"))
     output_kohya_format: bool = opt(False, "LoRA runs: also write pytorch_lora_weights_kohya.safetensors, the kohya "
-                                           "key layout A1111 and ComfyUI read (Stable Diffusion and SDXL).")
+                                           "key layout A1111 and ComfyUI read (Stable Diffusion and SDXL), and with "
+                                           "--train_text_encoder_ti IDENTIFIER.safetensors, webui's embedding file.")
     output_single_file: bool = opt(False, "Full fine-tunes of Stable Diffusion 1.x/SDXL: also write "
                                           "OUT/OUT_NAME.safetensors (named after the output folder), one file in "
                                           "the original SD / SDXL key layout (what A1111 and ComfyUI load as a "

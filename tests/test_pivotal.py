@@ -105,3 +105,41 @@ def test_a_lora_run_saves_the_rows_beside_its_adapter_and_generate_loads_them(fi
         others = torch.ones(len(table), dtype=torch.bool)
         others[row] = False
         assert torch.equal(table[others], base[others])
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sdxl"])
+def test_the_kohya_layout_brings_the_rows_as_a_webui_embedding(fixture, photos, tmp_path, request):
+    """--output_kohya_format: the rows also go out as A1111's textual-inversion file, named after the
+    identifier, which diffusers' own textual-inversion loader (an independent reader) turns into the
+    same text encodings as our loaded LoRA folder gives the identifier."""
+    from diffusers import DiffusionPipeline
+
+    from dreambooth.core.generate import open_model
+    from dreambooth.export.names import weight_files
+    model_dir = request.getfixturevalue(fixture)
+    out = tmp_path / "lora"
+    assert main(["train", f"--model={model_dir}", f"--instance-data-dir={photos}", f"--output-dir={out}", "--lora",
+                 "--train_text_encoder_ti", "--output-kohya-format"] + FAST) == 0
+    identifier = json.loads((out / "identifier.json").read_text())["identifier"]
+    webui = out / f"{identifier}.safetensors"
+    assert webui in weight_files(out)
+    saved = load_file(webui)
+    keys = {"text_encoder": "emb_params"} if fixture == "tiny_sd" else {"text_encoder": "clip_l",
+                                                                         "text_encoder_2": "clip_g"}
+    assert set(saved) == set(keys.values())
+    base = DiffusionPipeline.from_pretrained(model_dir)
+    if fixture == "tiny_sd":
+        base.load_textual_inversion(str(webui), token="<webui>")              # A1111's 'emb_params' file
+    else:
+        for tower, key in keys.items():
+            base.load_textual_inversion(saved[key], token="<webui>", text_encoder=getattr(base, tower),
+                                        tokenizer=getattr(base, tower.replace("text_encoder", "tokenizer")))
+    ours, _ = open_model(str(out))
+    for tower in keys:
+        def encode(pipe, word):
+            tok = getattr(pipe, tower.replace("text_encoder", "tokenizer"))
+            return getattr(pipe, tower)(tok(f"a photo of {word} dog", return_tensors="pt").input_ids)[0]
+        with torch.no_grad():
+            webui_read, ours_read = encode(base, "<webui>"), encode(ours.pipe, identifier)
+            torch.testing.assert_close(webui_read, ours_read)
+            assert not torch.allclose(encode(base, identifier), ours_read)       # the rows did learn

@@ -4,6 +4,7 @@ the Results tab of a LoRA run and of a full run with a single-file checkpoint.""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import zipfile
@@ -94,7 +95,7 @@ def test_lora_settings_are_checked_when_train_is_pressed(tmp_path):
 
 
 def test_results_of_a_lora_run_and_of_a_full_run_with_a_single_file(tmp_path, tiny_sd, photos):
-    """Downloads: a LoRA run offers its LoRA in both layouts beside the folder zip; a full run with
+    """Downloads: a LoRA run offers its LoRA in both layouts (and its identifier rows) beside the folder zip; a full run with
     --output_single_file offers the checkpoint, which the zip leaves out (the pipeline's weights stay in
     it). A LoRA run, which has no model_index.json, renders a gallery too."""
     work = tmp_path / "work"
@@ -102,13 +103,17 @@ def test_results_of_a_lora_run_and_of_a_full_run_with_a_single_file(tmp_path, ti
     lora_run, full_run = runs.new_run(work), runs.new_run(work)
     common = ["train", f"--model={tiny_sd}", f"--instance-data-dir={photos}", "--class-name=dog",
               "--max-train-steps=1", "--validation_inference_steps=2", "--report_to=none"]
-    assert main(common + ["--lora", "--output-kohya-format", f"--output-dir={lora_run.model}"]) == 0
+    assert main(common + ["--lora", "--output-kohya-format", "--train-text-encoder-ti",
+                          f"--output-dir={lora_run.model}"]) == 0
     assert main(common + ["--output-single-file", f"--output-dir={full_run.model}"]) == 0
 
     files, message = h.downloads(lora_run.name)
     names = [Path(f).name for f in files]
+    identifier = json.loads((lora_run.model / "identifier.json").read_text())["identifier"]
     assert names == [f"{lora_run.name}-model.zip", f"{lora_run.name}-pytorch_lora_weights.safetensors",
-                     f"{lora_run.name}-pytorch_lora_weights_kohya.safetensors"], message
+                     f"{lora_run.name}-identifier_embeddings.safetensors",
+                     f"{lora_run.name}-pytorch_lora_weights_kohya.safetensors",
+                     f"{identifier}.safetensors"], message      # webui's trigger word is the embedding's name
     assert Path(files[1]).read_bytes() == (lora_run.model / "pytorch_lora_weights.safetensors").read_bytes()
     with zipfile.ZipFile(files[0]) as z:
         inside = set(z.namelist())
@@ -128,7 +133,7 @@ def test_results_of_a_lora_run_and_of_a_full_run_with_a_single_file(tmp_path, ti
     (lora_run.model / "sr").mkdir()           # a cascade's step (b) LoRA has the same file name: kept apart
     shutil.copy(lora_run.model / "pytorch_lora_weights.safetensors", lora_run.model / "sr")
     files, _ = h.downloads(lora_run.name)
-    assert Path(files[-1]).name == f"{lora_run.name}-sr-pytorch_lora_weights.safetensors" and len(files) == 4
+    assert Path(files[-1]).name == f"{lora_run.name}-sr-pytorch_lora_weights.safetensors" and len(files) == 6
     _, message = h.downloads(runs.new_run(work).name)
     assert message.startswith("**Error:** Run ") and "has no finished model yet" in message
 

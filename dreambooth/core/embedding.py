@@ -11,6 +11,7 @@ A full fine-tune saves the rows inside its text encoder; a LoRA run saves them b
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -64,6 +65,29 @@ def save_rows(modules: dict[str, torch.nn.Module], path: Path, metadata: dict[st
     ids = {name: trained_rows(m) for name, m in modules.items()}
     with files.atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={**metadata, "dreambooth.token_ids": json.dumps(ids)})
+    return path
+
+
+WEBUI_KEYS = {"sd": {"text_encoder": "emb_params"}, "sdxl": {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}}
+
+
+def save_webui(modules: dict[str, torch.nn.Module], pipe, identifier: str, family: str, folder: Path) -> Path | None:
+    """The same rows as A1111 / ComfyUI's textual-inversion file: one vector per token of the identifier,
+    in prompt order, under 'emb_params' (SD 1.x/2.x) or 'clip_l'/'clip_g' (SDXL). webui's trigger word is
+    the file's name, so it is named after the identifier: the prompts that worked here work there.
+    None where no such file can say it (another family, or an identifier that is not a plain word)."""
+    if family not in WEBUI_KEYS or not re.fullmatch(r"[A-Za-z0-9_-]+", identifier):
+        return None
+    from safetensors.torch import save_file
+    tensors = {}
+    for name, m in modules.items():
+        slot = {i: k for k, i in enumerate(trained_rows(m))}
+        tokens = getattr(pipe, name.replace("text_encoder", "tokenizer"))(identifier, add_special_tokens=False)
+        rows = m.get_input_embeddings().rows.detach().float()
+        tensors[WEBUI_KEYS[family][name]] = rows[[slot[i] for i in tokens.input_ids]].contiguous()   # (n, D)
+    path = Path(folder) / f"{identifier}.safetensors"
+    with files.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     return path
 
 

@@ -34,4 +34,17 @@ def weight_files(folder: Path) -> list[Path]:
     folder's own name is not looked up)."""
     folder = Path(folder)
     names = [WEIGHTS, EMBEDDINGS, KOHYA] + ([single_file_name(folder)] if (folder / INDEX).exists() else [])
-    return [folder / name for name in dict.fromkeys(names) if (folder / name).is_file()]
+    webui = webui_embedding(folder)
+    return [folder / name for name in dict.fromkeys(names) if (folder / name).is_file()] + ([webui] if webui else [])
+
+
+def webui_embedding(folder: Path) -> Path | None:
+    """A LoRA run's identifier rows as A1111's textual-inversion file (--output_kohya_format with
+    --train_text_encoder_ti), named IDENTIFIER.safetensors: webui's trigger word is the file's name."""
+    import json
+    try:
+        identifier = json.loads((Path(folder) / "identifier.json").read_text())["identifier"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    path = Path(folder) / f"{identifier}.safetensors"
+    return path if identifier and (Path(folder) / WEIGHTS).is_file() and path.is_file() else None

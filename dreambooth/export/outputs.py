@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..config import TrainJob
 from ..errors import DreamboothError
-from ..core.embedding import save_rows, trained_rows
+from ..core.embedding import save_rows, save_webui, trained_rows
 from . import lora as lora_files
 from .names import EMBEDDINGS, EXPORT_MARKERS, SR_HINT, has_export, single_file_name  # noqa: F401 (re-exported)
 
@@ -79,8 +79,10 @@ def save_adapter(run, folder: Path) -> str:
     written = [lora_files.save_lora(run.model.pipe, modules, Path(folder), meta)]
     if rows:
         written.append(save_rows(rows, Path(folder) / EMBEDDINGS, meta))
-    if run.job.output.output_kohya_format:   # the adapter only: kohya's readers take embeddings as their own files
+    if run.job.output.output_kohya_format:   # kohya's readers take the adapter and the embedding as two files
         a = run.job.adapter
         written.append(lora_files.save_kohya(modules, Path(folder) / lora_files.KOHYA, family,
                                              a.lora_alpha or a.rank, meta))
-    return f"the LoRA adapter ({', '.join(p.name for p in written)})"
+        if rows:
+            written.append(save_webui(rows, run.model.pipe, run.identifier, family, Path(folder)))
+    return f"the LoRA adapter ({', '.join(p.name for p in written if p)})"

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..data.captions import normalize_extension
 from ..data.intake import TEXT_SUFFIXES
 from ..errors import DreamboothError
-from ..export.names import SR_SUBDIR, has_export, single_file_name, weight_files
+from ..export.names import SR_SUBDIR, has_export, single_file_name, webui_embedding, weight_files
 from ..files import write_json
 
 MIN_PHOTOS, MAX_PHOTOS = 3, 20
@@ -162,7 +162,8 @@ def weight_downloads(run: RunFolder) -> list[Path]:
     checkpoint; step (b)'s from model/sr/ too), linked into RUN/downloads/ as RUN-NAME or RUN-sr-NAME,
     so two files named alike (a cascade's two LoRAs) stay apart in the browser."""
     run.downloads.mkdir(exist_ok=True)
-    return [_link(path, run.downloads / f"{prefix}-{path.name}")
+    webui = webui_embedding(run.model)    # keeps its name: webui reads it as the prompt's trigger word
+    return [_link(path, run.downloads / (path.name if path == webui else f"{prefix}-{path.name}"))
             for prefix, folder in ((run.name, run.model), (f"{run.name}-{SR_SUBDIR}", run.model / SR_SUBDIR))
             for path in weight_files(folder)]
 
