@@ -133,12 +133,13 @@ def test_suite_lora_variant_against_full(world, tmp_path):
     assert main(["eval", "--suite", "microworld", "--world-dir", str(world), "--subjects", "striped_ball",
                  "--variants", "dreambooth", "lora", "--prompts", "1", "--images-per-prompt", "1",
                  "--class-images", "0", "--steps", "1", "--train-steps", "1", "--num-class-images", "1",
-                 "--lora-learning-rate", "3e-3", "--out", str(out)]) == 0
+                 "--lora-learning-rate", "3e-3", "--text-encoder-lr", "2e-2", "--out", str(out)]) == 0
     subject = json.loads((out / "metrics.json").read_text())["subjects"]["striped_ball"]
     assert {"dreambooth", "lora"} <= set(subject["figures"]) and "train/lora" in subject["seconds"]
-    rates = {v: yaml.safe_load((out / "striped_ball" / "models" / v / "dreambooth.yaml").read_text())["optim"]
-             ["learning_rate"] for v in ("dreambooth", "lora")}
-    assert rates == {"dreambooth": PRESET["learning_rate"], "lora": 3e-3}     # LoRA trains at its own rate
+    optim = {v: yaml.safe_load((out / "striped_ball" / "models" / v / "dreambooth.yaml").read_text())["optim"]
+             for v in ("dreambooth", "lora")}
+    assert {v: o["learning_rate"] for v, o in optim.items()} == {"dreambooth": PRESET["learning_rate"], "lora": 3e-3}
+    assert {o["text_encoder_lr"] for o in optim.values()} == {2e-2}            # the identifier's embedding's rate
     assert (out / "striped_ball" / "models" / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert 0 < subject["output_mib"]["lora"] < subject["output_mib"]["dreambooth"] / 10
 

@@ -80,6 +80,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                        help="DreamBooth learning rate (default: the preset's)")
     suite.add_argument("--lora-learning-rate", "--lora_learning_rate", dest="lora_learning_rate", type=float,
                        default=None, help="learning rate of the lora variant (default: --learning-rate)")
+    suite.add_argument("--text-encoder-lr", "--text_encoder_lr", dest="text_encoder_lr", type=float, default=None,
+                       help="learning rate of the identifier's embedding under pivotal tuning (default: the preset's)")
     suite.add_argument("--jobs", type=int, default=None,
                        help="subjects trained side by side, one thread each (default 2: one per core of a 2-core CPU)")
     ev.set_defaults(func=cmd_eval)
@@ -114,7 +116,7 @@ def cmd_eval(ns: argparse.Namespace, unknown: list[str]) -> None:
                      "subjects": tuple(ns.subjects) if ns.subjects else None,
                      "variants": tuple(ns.variants) if ns.variants else None, "train_steps": ns.train_steps,
                      "num_class_images": ns.num_class_images, "learning_rate": ns.learning_rate,
-                     "lora_learning_rate": ns.lora_learning_rate,
+                     "lora_learning_rate": ns.lora_learning_rate, "text_encoder_lr": ns.text_encoder_lr,
                      "sr_train_steps": ns.sr_train_steps, "use_sr": False if ns.sr_model == "none" else None,
                      "jobs": ns.jobs, "captions": ns.captions}
         for key, value in overrides.items():
@@ -123,7 +125,8 @@ def cmd_eval(ns: argparse.Namespace, unknown: list[str]) -> None:
         run_suite(cfg, command=command_line(ns))
         return
     suite_only = [k for k in ("world_dir", "subjects", "variants", "train_steps", "num_class_images", "learning_rate",
-                              "lora_learning_rate", "sr_train_steps", "jobs", "captions") if getattr(ns, k) is not None]
+                              "lora_learning_rate", "text_encoder_lr", "sr_train_steps", "jobs", "captions")
+                  if getattr(ns, k) is not None]
     if suite_only:
         raise DreamboothError(f"--{suite_only[0].replace('_', '-')} belongs to the micro-world suite; add "
                               "--suite microworld or drop it.")

@@ -83,6 +83,7 @@ class SuiteConfig:
     train_text_encoder: bool = PRESET.get("train_text_encoder", False)
     # pivotal tuning where the identifier is a rare token (not in the no_identifier and common_word variants)
     train_text_encoder_ti: bool = PRESET.get("train_text_encoder_ti", False)
+    text_encoder_lr: float | None = PRESET.get("text_encoder_lr")   # the identifier's embedding (or the encoder's)
     sr_train_steps: int = PRESET["sr_max_train_steps"]      # step (b), at the preset's sr_learning_rate
     use_sr: bool = True                       # render through the world's SR model when it has one
     jobs: int = 2                             # subjects run side by side, in one-thread processes
@@ -139,6 +140,7 @@ def train_job(cfg: SuiteConfig, subject: Subject, photos: Path, variant: Variant
     job.train.train_text_encoder = cfg.train_text_encoder
     # a rare identifier of the tool's choice (None); no_identifier has none, common_word's would change every prompt
     job.train.train_text_encoder_ti = cfg.train_text_encoder_ti and variant.identifier is None
+    job.optim.text_encoder_lr = cfg.text_encoder_lr
     job.checkpoint.checkpointing_steps = max(cfg.train_steps, cfg.sr_train_steps)   # only the final one
     job.checkpoint.checkpoints_total_limit = 1
     job.output.output_dir = str(out)
