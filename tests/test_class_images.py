@@ -3,12 +3,20 @@ or foreign manifest rebuilt from what is on disk, each with a note in the plan."
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
+
 from dreambooth.cli import main
 from dreambooth.data.class_images import MANIFEST, read_manifest
+
+
+def pixels(png) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png) if isinstance(png, bytes) else png), dtype=np.int16)
 
 
 def test_broken_class_images_and_a_torn_manifest_are_repaired_with_notes(tiny_sd, photos, tmp_path, capsys):
@@ -33,7 +41,10 @@ def test_broken_class_images_and_a_torn_manifest_are_repaired_with_notes(tiny_sd
     assert "2 found, 1 to generate" in out
     assert "class_00001.png (truncated or corrupt" in out and "holiday.jpg (not an image)" in out
     assert "manifest" in out and "was unreadable" in out and "rebuilt it from" not in out
-    assert (class_dir / "class_00001.png").read_bytes() == original      # redrawn with its own seed
+    # redrawn with its own seed: alone in its batch (it was one of 3), so some CPUs round a pixel one level apart
+    redrawn = pixels(class_dir / "class_00001.png")
+    assert np.abs(redrawn - pixels(original)).max() <= 1
+    assert np.abs(redrawn - pixels(class_dir / "class_00000.png")).mean() > 10    # another seed's is another image
     assert (class_dir / "holiday.jpg").exists()                          # the user's file is never deleted
     assert not list(class_dir.glob(".*.tmp"))
     manifest = json.loads((class_dir / MANIFEST).read_text())
