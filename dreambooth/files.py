@@ -42,6 +42,18 @@ def remove(path: Path) -> None:
             path.unlink()
 
 
+def discard(path: Path) -> None:
+    """Delete a folder a later run would read (an old checkpoint) by renaming it to this process's
+    temporary name first: a kill mid-delete leaves a temporary that the next run sweeps away, never a
+    half-deleted folder under its real name."""
+    path = Path(path)
+    tmp = temp_path(path)
+    remove(tmp)
+    with contextlib.suppress(FileNotFoundError):
+        path.rename(tmp)
+    remove(tmp)
+
+
 @contextlib.contextmanager
 def exclusive(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on `folder` (created if missing) while another process of this tool may be

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +49,26 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
     removed = files.remove_stale_temps(tmp_path)
     assert len(removed) == 2
     assert sorted(os.listdir(tmp_path)) == [f".checkpoint-6.{alive}.tmp", "class_00000.png"]
+
+
+def test_a_folder_killed_mid_delete_leaves_a_temporary_not_half_a_checkpoint(tmp_path, monkeypatch):
+    """Rotating checkpoints out: a kill -9 inside the delete (here: the delete dies after its first file)
+    must not leave checkpoint-1 without its state.json under its own name, where resume would find it."""
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    for name in ("state.json", "unet.safetensors", "optimizer.safetensors"):
+        (folder / name).write_text(name)
+    real_rmtree = files.shutil.rmtree
+
+    def dies_after_one_file(path, ignore_errors=False):
+        next(p for p in Path(path).iterdir()).unlink()
+        raise KeyboardInterrupt            # stands for the kill
+    monkeypatch.setattr(files.shutil, "rmtree", dies_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        files.discard(folder)
+    monkeypatch.setattr(files.shutil, "rmtree", real_rmtree)
+    assert os.listdir(tmp_path) == [f".checkpoint-1.{os.getpid()}.tmp"]   # a temporary the next run sweeps away
+    files.discard(folder)                                                 # gone already: nothing to do
 
 
 def test_free_space_check_names_folder_and_size(tmp_path):

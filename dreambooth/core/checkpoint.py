@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 from .. import files
@@ -48,7 +47,7 @@ def save_checkpoint(output_dir: Path, step: int, modules: dict, optimizer, lr_sc
                                                     "interim": interim}, indent=1))
     for old in last:   # a newer checkpoint supersedes every interim one
         if old != final and _is_interim(old):
-            shutil.rmtree(old, ignore_errors=True)
+            files.discard(old)
     rotate(output_dir, limit)
     return final
 
@@ -72,7 +71,7 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 def rotate(output_dir: Path, limit: int | None) -> None:
     if limit:
         for old in list_checkpoints(output_dir)[:-limit]:
-            shutil.rmtree(old)
+            files.discard(old)
 
 
 def find_checkpoint(output_dir: Path, spec: str) -> Path | None:
