@@ -64,6 +64,35 @@ def test_each_view_is_conditioned_on_its_own_photos_prompt(tiny_sd):
     torch.testing.assert_close(trained([1, 2, 0], [0, 1]), ref[[0, 1, 1, 2, 2]])
 
 
+def test_pivotal_tuning_encodes_only_the_prompts_that_hold_the_identifier(tiny_sd):
+    """With only the identifier's rows training, the class prompt's encoding never changes: it comes from
+    the table made once, and each step runs the tower on the identifier's prompts alone, with gradient."""
+    from dreambooth.core.embedding import identifier_token_ids, open_identifier_rows
+    model = load_model(ModelConfig(pretrained_model_name_or_path=str(tiny_sd)))
+    te = model.pipe.text_encoder
+    open_identifier_rows(te, identifier_token_ids(model.pipe.tokenizer, "sks"))
+    views = ["a photo of sks dog on a lawn", "a photo of sks dog"]
+    cond = conditioning(model, {"text_encoder": te}, views, "a photo of dog", TrainJob().train)
+    ref = model.pipe.encode_prompt(views + ["a photo of dog"], device="cpu", num_images_per_prompt=1,
+                                   do_classifier_free_guidance=False)[0]
+    batches = []
+    hook = te.register_forward_pre_hook(lambda m, args, kwargs: batches.append(len(args[0] if args else
+                                                                                   kwargs["input_ids"])),
+                                        with_kwargs=True)
+    out = cond([1, 0, 1], [0, 1])
+    hook.remove()
+    assert batches == [2]                                   # the two captions once each; the class prompt: cached
+    torch.testing.assert_close(out, ref[[1, 0, 1, 2, 2]])
+    out[3:].sum().backward(retain_graph=True)
+    assert not te.get_input_embeddings().rows.grad.any()    # nothing flows from the class rows
+    out[:3].sum().backward()
+    assert te.get_input_embeddings().rows.grad.abs().sum() > 0
+    batches.clear()
+    te.register_forward_pre_hook(lambda m, args, kwargs: batches.append(1), with_kwargs=True)
+    torch.testing.assert_close(cond([], [0, 1]), ref[[2, 2]])
+    assert batches == []                                    # a batch of class images alone runs no tower
+
+
 def test_dropped_captions_get_the_unconditional_embedding_guidance_uses(tiny_sd):
     model = load_model(ModelConfig(pretrained_model_name_or_path=str(tiny_sd)))
     views = ["a photo of sks dog on a lawn", "a photo of sks dog"]

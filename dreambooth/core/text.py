@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from .embedding import trained_rows
 from .models import Model, encode_text, tokenize
 
 Tensor = torch.Tensor
@@ -76,18 +77,26 @@ def conditioning(model: Model, encoders: dict[str, torch.nn.Module], view_prompt
         keep = lambda c: c * (~dropped).to(c.device, c.dtype).view(-1, *[1] * (c.dim() - 1))   # noqa: E731
         return tuple(keep(c) for c in cond) if isinstance(cond, tuple) else keep(cond)
 
-    if any(n in encoders for n in names):      # a tower trains: encode every step
+    live = _live_prompts(encoders, names, ids)   # (prompts,) True: its encoding moves as the towers train
+    if live.all():
+        table = None
+    else:
+        with torch.no_grad():
+            table = encode(towers, ids, masks, model.added_cond)     # (prompts, L, D), computed once
+        table = tuple(c.detach() for c in table) if isinstance(table, tuple) else table.detach()
+    if live.any():
         def per_step(inst: list[int], cls: list[int], dropped: Tensor | None = None):
             dropped = unprompted(inst, cls, dropped)
-            # each distinct prompt once (a batch repeats the class prompt and often a caption): the
-            # tower's forward and backward are most of a pivotal-tuning step's extra cost
+            # each distinct prompt once (a batch repeats the class prompt and often a caption), and only
+            # those the training moves: the towers' forward and backward are pivotal tuning's extra cost
             r, spread = torch.unique(rows(inst, cls, dropped), return_inverse=True)
-            cond = encode(towers, [i[r] for i in ids], [None if m is None else m[r] for m in masks], model.added_cond)
+            moving = live[r]
+            m = r[moving]
+            fresh = encode(towers, [i[m] for i in ids], [None if k is None else k[m] for k in masks],
+                           model.added_cond) if moving.any() else None
+            cond = fresh if moving.all() else _put(_pick(table, r.to(_device(table))), moving, fresh)
             return blank(_pick(cond, spread.to(_device(cond))), dropped)
         return per_step
-    with torch.no_grad():
-        table = encode(towers, ids, masks, model.added_cond)     # (prompts, L, D), computed once
-    table = tuple(c.detach() for c in table) if isinstance(table, tuple) else table.detach()
     if t.pre_compute_text_embeddings:
         for te in towers:
             te.to("cpu")   # frees accelerator memory; still saved with the pipeline at the end
@@ -96,6 +105,31 @@ def conditioning(model: Model, encoders: dict[str, torch.nn.Module], view_prompt
         dropped = unprompted(inst, cls, dropped)
         return blank(_pick(table, rows(inst, cls, dropped).to(_device(table))), dropped)
     return cached
+
+
+def _live_prompts(encoders: dict[str, torch.nn.Module], names: list[str], ids: list[Tensor]) -> Tensor:
+    """(prompts,) bool: the prompts whose encoding changes as training goes. Nothing trains: none. A tower
+    trained whole or by LoRA: every prompt. Pivotal tuning (only the identifier's rows train): the prompts
+    that hold one of those rows; the class prompt and the empty one encode the same every step."""
+    n = len(ids[0])
+    trained = [(name, encoders[name]) for name in names if name in encoders]
+    if not trained:
+        return torch.zeros(n, dtype=torch.bool)
+    if any(trained_rows(m) is None for _, m in trained):
+        return torch.ones(n, dtype=torch.bool)
+    live = torch.zeros(n, dtype=torch.bool)
+    for name, m in trained:
+        live |= torch.isin(ids[names.index(name)], torch.tensor(trained_rows(m))).any(-1)
+    return live
+
+
+def _put(cond, at: Tensor, fresh):
+    """`cond` with the rows where `at` (B,) is True replaced by `fresh`'s (which carry the gradient)."""
+    if fresh is None:
+        return cond
+    where = (at.nonzero().flatten().to(_device(cond)),)
+    return tuple(c.index_put(where, f) for c, f in zip(cond, fresh)) if isinstance(cond, tuple) \
+        else cond.index_put(where, fresh)
 
 
 def _device(cond) -> torch.device:
